@@ -1,0 +1,1 @@
+//! Unit inventory (being written).

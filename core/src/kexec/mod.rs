@@ -1,0 +1,1 @@
+//! Kernel loading (being written).

@@ -1,0 +1,11 @@
+//! The seamless reboot transaction: plan, checkpoint with CRIU, kexec, and
+//! restore in the next boot.
+//!
+//! The pieces each own one contact with the system (CRIU's RPC, the kexec
+//! syscalls, the snapshot manifest on disk, the inventory of a unit's
+//! processes and connections), each behind an interface that tests can fake.
+
+pub mod criu;
+pub mod inventory;
+pub mod kexec;
+pub mod manifest;

@@ -1,0 +1,1 @@
+//! Snapshot manifest (being written).

@@ -1,0 +1,21 @@
+//! The guest lab: everything needed to prove, in a machine that really
+//! reboots, what seamless-reboot claims.
+//!
+//! A Debian guest with two kernels is built once per recipe and cached outside
+//! the repository ([`image`]); every test boots a copy-on-write overlay of it
+//! under QEMU ([`vm`]), installs this workspace's binaries into that fresh
+//! layer ([`layer`]), drives it over ssh ([`guest`]) and measures live TCP
+//! clients on the host ([`clients`], [`traffic`]) while the guest kexecs.
+//! Each scenario ([`scenario`]) writes a JSON report ([`report`]).
+
+pub mod clients;
+pub mod guest;
+pub mod image;
+pub mod layer;
+pub mod mirror;
+pub mod process;
+pub mod recipe;
+pub mod report;
+pub mod scenario;
+pub mod traffic;
+pub mod vm;

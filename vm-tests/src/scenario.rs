@@ -1,0 +1,322 @@
+//! Building blocks that make a scenario a few lines: a [`Lab`] (the verified
+//! base image, the built binaries, the runs directory) and a [`Session`] (one
+//! booted guest with its clients and its report).
+//!
+//! A scenario records what it sees into its report as it goes; when a step
+//! fails, the session still writes the report with the error and the checks
+//! so far, so a failed CI run leaves evidence, not just a backtrace.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+
+use crate::clients::{ClientSpec, RunningClient, probe_state};
+use crate::guest::{BootInfo, Guest};
+use crate::image::{BaseImage, KernelFiles, default_cache_root, ensure_base_image};
+use crate::layer::{Layer, bin_dir, required_binary};
+use crate::process::poll;
+use crate::recipe::Recipe;
+use crate::report::{NamedClient, ScenarioReport};
+use crate::traffic::StateReply;
+use crate::vm::{Vm, VmConfig, reap_stale};
+
+/// The port the lab's test service listens on in the guest.
+pub const LAB_SERVICE_PORT: u16 = 7777;
+/// How long a kexec may take until the guest answers from its new boot.
+pub const KEXEC_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The lab: a verified base image and the binaries to install into guests.
+#[derive(Debug)]
+pub struct Lab {
+    pub recipe: Recipe,
+    pub image: BaseImage,
+    pub bin_dir: PathBuf,
+    pub runs_root: PathBuf,
+}
+
+impl Lab {
+    /// Ends QEMUs left by earlier runs, then builds or verifies the image.
+    pub fn open(recipe: Recipe) -> Result<Lab> {
+        let runs_root = default_runs_root();
+        std::fs::create_dir_all(&runs_root)?;
+        reap_stale(&runs_root)?;
+        let bin_dir = bin_dir()?;
+        for name in ["lab-service", "lab-client"] {
+            required_binary(&bin_dir, name)?;
+        }
+        let image = ensure_base_image(&default_cache_root(), &recipe)?;
+        Ok(Lab {
+            recipe,
+            image,
+            bin_dir,
+            runs_root,
+        })
+    }
+
+    /// Boots a guest on kernel A for scenario `name`.
+    pub fn session(&self, name: &str, config: VmConfig) -> Result<Session<'_>> {
+        let started_unix = now_unix();
+        let run_dir = self
+            .runs_root
+            .join(format!("{name}-{}", (started_unix * 1000.0) as u64));
+        std::fs::create_dir_all(&run_dir)?;
+        let mut report = ScenarioReport::new(name, started_unix, &self.recipe.hash(), &run_dir);
+        eprintln!(
+            "lab: {name}: booting {} in {}",
+            self.image.manifest.kernel_a.release,
+            run_dir.display()
+        );
+        let vm = match Vm::boot(
+            &self.image,
+            &self.image.manifest.kernel_a,
+            &run_dir,
+            &config,
+        ) {
+            Ok(vm) => vm,
+            Err(e) => {
+                report.error = Some(format!("{e:#}"));
+                report.settle();
+                let _ = report.write(&run_dir.join("report.json"));
+                return Err(e);
+            }
+        };
+        report.kernel_before = vm.first_boot.kernel.clone();
+        report.boot_id_before = vm.first_boot.boot_id.clone();
+        report.timing("boot_s", vm.boot_s);
+        Ok(Session {
+            lab: self,
+            vm,
+            report,
+            clients: Vec::new(),
+        })
+    }
+
+    pub fn kernel_a(&self) -> &KernelFiles {
+        &self.image.manifest.kernel_a
+    }
+
+    pub fn kernel_b(&self) -> &KernelFiles {
+        &self.image.manifest.kernel_b
+    }
+}
+
+/// Where run directories go: `SEAMLESS_LAB_RUNS`, else `target/lab-runs`.
+pub fn default_runs_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SEAMLESS_LAB_RUNS") {
+        return PathBuf::from(dir);
+    }
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .unwrap_or(manifest_dir)
+        .join("target/lab-runs")
+}
+
+/// One booted guest, its clients and its report.
+#[derive(Debug)]
+pub struct Session<'lab> {
+    pub lab: &'lab Lab,
+    pub vm: Vm,
+    pub report: ScenarioReport,
+    clients: Vec<RunningClient>,
+}
+
+impl Session<'_> {
+    pub fn guest(&self) -> &Guest {
+        &self.vm.guest
+    }
+
+    /// Installs the lab's test service and starts it; waits until it answers.
+    pub fn start_lab_service(&mut self) -> Result<StateReply> {
+        let layer =
+            Layer::new(&self.vm.run_dir.join("layer"))?.with_lab_service(&self.lab.bin_dir)?;
+        layer.install(self.guest())?;
+        self.guest()
+            .sh("systemctl enable --now lab-service.service")?;
+        self.wait_lab_service(Duration::from_secs(60))
+    }
+
+    /// Waits until the test service answers a new connection.
+    pub fn wait_lab_service(&self, timeout: Duration) -> Result<StateReply> {
+        let target = self.service_target()?;
+        poll(
+            "the lab service to answer",
+            timeout,
+            Duration::from_millis(500),
+            || probe_state(&self.lab.bin_dir, &target).map(Some),
+        )
+    }
+
+    /// host:port where the test service is reached from the host.
+    pub fn service_target(&self) -> Result<String> {
+        Ok(format!(
+            "127.0.0.1:{}",
+            self.vm.host_port(LAB_SERVICE_PORT)?
+        ))
+    }
+
+    /// Starts a host client against the test service.
+    pub fn start_client(&mut self, name: &str, spec: ClientSpec) -> Result<()> {
+        let target = self.service_target()?;
+        let client = RunningClient::start(
+            &self.lab.bin_dir,
+            name,
+            &spec,
+            &target,
+            &self.vm.run_dir,
+            &[],
+        )?;
+        self.clients.push(client);
+        Ok(())
+    }
+
+    /// Waits until the service has counted at least `lines` lines: traffic flows.
+    pub fn wait_traffic(&self, lines: u64, timeout: Duration) -> Result<()> {
+        let target = self.service_target()?;
+        poll(
+            "traffic to flow",
+            timeout,
+            Duration::from_millis(300),
+            || Ok((probe_state(&self.lab.bin_dir, &target)?.total >= lines).then_some(())),
+        )
+    }
+
+    /// Loads `kernel` with kexec_file_load (kexec-tools' `-s`) and asks
+    /// systemd to kexec into it, then waits until the guest answers from the
+    /// new boot. Records `kexec_to_ssh_s`; returns the new boot and the
+    /// instant the kexec was requested.
+    pub fn kexec_with_systemd(&mut self, kernel: &KernelFiles) -> Result<(BootInfo, Instant)> {
+        let old = self.guest().boot_info()?;
+        self.guest().sh(&format!(
+            "kexec -s -l /boot/{} --initrd=/boot/{} --reuse-cmdline && test \"$(cat /sys/kernel/kexec_loaded)\" = 1",
+            kernel.vmlinuz, kernel.initrd
+        ))?;
+        let requested = Instant::now();
+        // The ssh session may be cut while systemd goes down: its outcome
+        // does not matter, the boot id below does.
+        let _ = self
+            .guest()
+            .run("systemctl kexec --no-block", Duration::from_secs(30));
+        let back = self
+            .guest()
+            .wait_up(KEXEC_TIMEOUT, Some(&old.boot_id))
+            .with_context(|| format!("after kexec; console tail:\n{}", self.vm.console_tail(30)))?;
+        self.report
+            .timing("kexec_to_ssh_s", requested.elapsed().as_secs_f64());
+        self.report.kernel_after = Some(back.kernel.clone());
+        self.report.boot_id_after = Some(back.boot_id.clone());
+        Ok((back, requested))
+    }
+
+    /// Stops every client and adds what each measured to the report.
+    pub fn stop_clients(&mut self) -> Result<()> {
+        for client in self.clients.drain(..) {
+            let name = client.name.clone();
+            let report = client.stop(Duration::from_secs(360))?;
+            self.report.clients.push(NamedClient { name, report });
+        }
+        Ok(())
+    }
+
+    /// Settles and writes the report, prints its summary, and returns it.
+    pub fn finish(mut self, outcome: Result<()>) -> ScenarioReport {
+        if let Err(e) = outcome {
+            self.report.error = Some(format!("{e:#}"));
+        }
+        // Clients still running (the scenario failed before stopping them)
+        // are ended by their Drop; what they measured is lost with the run.
+        self.clients.clear();
+        self.report.settle();
+        let path = self.vm.run_dir.join("report.json");
+        if let Err(e) = self.report.write(&path) {
+            eprintln!("lab: {e:#}");
+        }
+        eprintln!("{}", self.report.summary());
+        self.report
+    }
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Today's tools: `systemctl kexec` into kernel B with clients connected.
+/// Expected: the guest comes back on B with a new boot id, and every client's
+/// connection broke. This is what seamless-reboot must beat.
+pub fn baseline_kexec(lab: &Lab) -> Result<ScenarioReport> {
+    let config = VmConfig {
+        forwards: vec![LAB_SERVICE_PORT],
+        ..VmConfig::default()
+    };
+    let mut session = lab.session("baseline-kexec", config)?;
+    let outcome = baseline_steps(&mut session);
+    Ok(session.finish(outcome))
+}
+
+fn baseline_steps(session: &mut Session<'_>) -> Result<()> {
+    let kernel_b = session.lab.kernel_b().clone();
+    let state = session.start_lab_service()?;
+    session.start_client("lines", ClientSpec::Lines { interval_ms: 50 })?;
+    session.start_client(
+        "bulk",
+        ClientSpec::Bulk {
+            bytes: 256 << 20,
+            rate: Some(1 << 20),
+        },
+    )?;
+    session.wait_traffic(state.total + 20, Duration::from_secs(60))?;
+
+    let (back, requested) = session.kexec_with_systemd(&kernel_b)?;
+    session.wait_lab_service(Duration::from_secs(120))?;
+    session
+        .report
+        .timing("kexec_to_service_s", requested.elapsed().as_secs_f64());
+    session.stop_clients()?;
+
+    let report = &mut session.report;
+    let before = report.kernel_before.clone();
+    report.check(
+        "guest runs kernel B",
+        back.kernel == kernel_b.release,
+        format!(
+            "{before} -> {} (expected {})",
+            back.kernel, kernel_b.release
+        ),
+    );
+    report.check(
+        "boot id changed",
+        back.boot_id != report.boot_id_before,
+        format!("{} -> {}", report.boot_id_before, back.boot_id),
+    );
+    let broken: Vec<String> = report
+        .clients
+        .iter()
+        .map(|c| match &c.report.broken {
+            Some(b) => format!("{}: {:?}", c.name, b.reason),
+            None => format!("{}: survived", c.name),
+        })
+        .collect();
+    let all_broken =
+        !report.clients.is_empty() && report.clients.iter().all(|c| c.report.broken.is_some());
+    report.check(
+        "every client's connection broke (today's behaviour)",
+        all_broken,
+        broken.join(", "),
+    );
+    let verified_before = report.clients.iter().all(|c| c.report.bytes_verified > 0);
+    report.check(
+        "clients verified traffic before the kexec",
+        verified_before,
+        report
+            .clients
+            .iter()
+            .map(|c| format!("{}: {} B", c.name, c.report.bytes_verified))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    Ok(())
+}
