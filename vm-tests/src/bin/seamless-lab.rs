@@ -6,13 +6,16 @@ use std::process::ExitCode;
 use anyhow::Result;
 use seamless_reboot_vm_tests::image::{default_cache_root, ensure_base_image};
 use seamless_reboot_vm_tests::recipe::Recipe;
-use seamless_reboot_vm_tests::scenario::{Lab, baseline_kexec};
+use seamless_reboot_vm_tests::scenario::{LAB_SERVICE_PORT, Lab, baseline_kexec};
+use seamless_reboot_vm_tests::vm::VmConfig;
 
 const USAGE: &str = "usage: seamless-lab <command>
 commands:
   image      build the guest image if the cache has none, verify it, print what it holds
   baseline   boot kernel A, connect clients, `systemctl kexec` into kernel B (connections break)
-  demo       the main job: currently the baseline scenario";
+  demo       the main job: currently the baseline scenario
+  boot       boot a guest with the lab service running and keep it until Enter or end of input,
+             printing how to reach it (for working by hand)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -24,6 +27,7 @@ fn main() -> ExitCode {
     {
         ["image"] => image(),
         ["baseline"] | ["demo"] => scenario(),
+        ["boot"] => boot(),
         ["-h"] | ["--help"] | ["help"] => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -64,4 +68,28 @@ fn scenario() -> Result<bool> {
     // The session prints the summary itself, on stderr, as every scenario does.
     let report = baseline_kexec(&lab)?;
     Ok(report.passed)
+}
+
+fn boot() -> Result<bool> {
+    let lab = Lab::open(Recipe::default())?;
+    let config = VmConfig {
+        forwards: vec![LAB_SERVICE_PORT],
+        ..VmConfig::default()
+    };
+    let mut session = lab.session("boot", config)?;
+    session.start_lab_service()?;
+    println!(
+        "guest up: ssh -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -p {} root@127.0.0.1",
+        lab.image.ssh_key().display(),
+        session.guest().port
+    );
+    println!("lab service: {}", session.service_target()?);
+    println!("kernel B: /boot/{}", lab.kernel_b().vmlinuz);
+    println!("console: {}/console.log", session.vm.run_dir.display());
+    println!("press Enter (or close standard input) to end the guest");
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    session.report.check("booted by hand", true, "");
+    session.finish(Ok(()));
+    Ok(true)
 }
