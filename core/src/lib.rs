@@ -9,3 +9,6 @@ pub mod criu;
 pub mod inventory;
 pub mod kexec;
 pub mod manifest;
+pub mod nextboot;
+pub mod platform;
+pub mod transaction;

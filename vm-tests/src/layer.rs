@@ -21,6 +21,11 @@ pub const LAB_SERVICE_UNIT: &str = include_str!("../guest/lab-service.service");
 /// Where the test service binary lives in the guest.
 pub const LAB_SERVICE_BIN: &str = "/usr/local/lib/seamless-lab/lab-service";
 
+/// Where the product's command is installed.
+pub const PRODUCT_BIN: &str = "/usr/bin/seamless-reboot";
+/// The product's systemd generator: the same binary, dispatched by its name.
+pub const PRODUCT_GENERATOR: &str = "/usr/lib/systemd/system-generators/seamless-reboot-generator";
+
 /// A staging directory mirroring the guest's file system.
 #[derive(Debug)]
 pub struct Layer {
@@ -54,6 +59,25 @@ impl Layer {
             .with_context(|| format!("cannot stage {} as {dest}", source.display()))?;
         fs::set_permissions(&target, fs::Permissions::from_mode(mode))?;
         Ok(())
+    }
+
+    /// Adds a symbolic link at guest path `dest` pointing to `points_to`.
+    pub fn add_symlink(&mut self, dest: &str, points_to: &str) -> Result<()> {
+        let target = self.target(dest)?;
+        std::os::unix::fs::symlink(points_to, &target)
+            .with_context(|| format!("cannot stage link {dest}"))
+    }
+
+    /// The product, at the paths its package uses: the command, and the
+    /// same binary as the next boot's systemd generator.
+    pub fn with_product(mut self, bin_dir: &Path) -> Result<Layer> {
+        self.add_file(
+            PRODUCT_BIN,
+            &required_binary(bin_dir, "seamless-reboot")?,
+            0o755,
+        )?;
+        self.add_symlink(PRODUCT_GENERATOR, PRODUCT_BIN)?;
+        Ok(self)
     }
 
     fn target(&self, dest: &str) -> Result<PathBuf> {

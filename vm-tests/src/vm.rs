@@ -130,7 +130,17 @@ impl Vm {
         let mut cmd = Command::new("setpriv");
         cmd.args(["--pdeathsig", "KILL", "--", "qemu-system-x86_64"])
             .args(["-name", "seamless-lab", "-nodefaults", "-no-user-config"])
-            .args(["-accel", "tcg", "-machine", "q35", "-cpu", "max"])
+            // One host thread for all vCPUs: multi-threaded TCG raced with the
+            // guest kernel patching its own code (an int3 Oops in the network
+            // receive path while nftables enabled its hooks).
+            .args([
+                "-accel",
+                "tcg,thread=single",
+                "-machine",
+                "q35",
+                "-cpu",
+                "max",
+            ])
             .args([
                 "-m",
                 &config.memory_mib.to_string(),

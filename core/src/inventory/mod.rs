@@ -1,0 +1,536 @@
+//! What a running unit consists of, read from the kernel: its processes and
+//! its sockets.
+//!
+//! # Why
+//!
+//! Before anything is frozen, the plan must know what it is about to
+//! checkpoint: which processes CRIU has to dump (a unit is its whole cgroup,
+//! not just its main pid), which TCP connections will be carried across the
+//! kexec (and so must be dumped with `--tcp-established`), which listeners the
+//! unit serves, and which unix sockets connect its stdout/stderr to journald.
+//! CRIU cannot dump the journald end of those streams, so they have to be
+//! declared external and reconnected on restore. Reading this from the kernel
+//! rather than from systemd's view gives what CRIU will actually see.
+//!
+//! # Where it comes from
+//!
+//! * Processes: `cgroup.procs` of the unit's cgroup on the unified (v2)
+//!   hierarchy, `/sys/fs/cgroup<ControlGroup>`, and of every sub-cgroup below
+//!   it (services may delegate and create children). The cgroup path is an
+//!   input because systemd's `ControlGroup` property is authoritative;
+//!   [`unit_cgroup_path`] only gives the usual default for system services.
+//! * Sockets: `readlink /proc/<pid>/fd/*` gives `socket:[<inode>]` for every
+//!   open socket. Those inodes are looked up in the socket tables of the
+//!   process's network namespace, `/proc/<pid>/net/{tcp,tcp6,udp,udp6,unix}`
+//!   (not `/proc/net/…`, which is the reader's own namespace), read once per
+//!   namespace (identified by `readlink /proc/<pid>/ns/net`) through the
+//!   first pid in it, the main pid first. Sockets in those tables that no
+//!   process of the unit holds are not the unit's and are ignored.
+//! * The stdio streams: systemd connects a service's stdout/stderr to journald
+//!   through a connected unix stream socket. Only journald's end shows the
+//!   path `/run/systemd/journal/stdout` in `/proc/net/unix`; the service's end
+//!   has none, so the unit's side is recognized as a unix stream socket on
+//!   fd 1 or 2.
+//!
+//! Everything is read below a root directory ([`Inventory::new`], `/` in
+//! production) so that tests build a fake tree in a temporary directory.
+//! The parsers and the format facts they rely on are in [`procnet`].
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::{TcpConnection, UnitNameError, validate_unit_name};
+
+pub mod procnet;
+
+use procnet::{Family, InetSocket, TCP_ESTABLISHED, TCP_LISTEN, UNIX_SOCK_STREAM, UnixSocket};
+
+/// Where the unified cgroup hierarchy is mounted, relative to the root.
+const CGROUP_MOUNT: &str = "sys/fs/cgroup";
+
+/// The default cgroup path of a system service, e.g.
+/// `/system.slice/demo.service`. systemd's `ControlGroup` property of the unit
+/// is authoritative; this is what it normally says for units in
+/// `system.slice`.
+pub fn unit_cgroup_path(unit: &str) -> Result<String, UnitNameError> {
+    validate_unit_name(unit)?;
+    Ok(format!("/system.slice/{unit}"))
+}
+
+/// Socket counts that are neither TCP listeners, established TCP connections
+/// nor stdio streams, by socket inode (a socket shared by several fds or
+/// processes counts once).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketCounts {
+    /// Unix sockets other than the stdio streams.
+    pub unix: usize,
+    /// UDP sockets (IPv4 and IPv6).
+    pub udp: usize,
+    /// TCP sockets in states other than ESTABLISHED and LISTEN.
+    pub tcp_other_state: usize,
+    /// Sockets in none of those tables (netlink, packet, raw, ...).
+    pub other: usize,
+}
+
+/// The sockets held by a set of processes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketInventory {
+    /// Listening TCP addresses, sorted, without duplicates.
+    pub listening: Vec<SocketAddr>,
+    /// Established TCP connections, sorted, without duplicates.
+    pub established: Vec<TcpConnection>,
+    /// Inodes of unix stream sockets on fd 1 or 2 (journald streams), sorted.
+    pub stdio_socket_inodes: Vec<u64>,
+    /// Everything else, counted.
+    pub other_sockets: SocketCounts,
+    /// Pids that exited before their fds could be read.
+    pub gone_pids: Vec<i32>,
+}
+
+/// What a running unit consists of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitInventory {
+    /// The unit.
+    pub unit: String,
+    /// Its cgroup path, as given (e.g. `/system.slice/demo.service`).
+    pub cgroup: String,
+    /// Every pid of the cgroup and its sub-cgroups, sorted.
+    pub pids: Vec<i32>,
+    /// The main pid.
+    pub main_pid: i32,
+    /// Listening TCP addresses.
+    pub listening: Vec<SocketAddr>,
+    /// Established TCP connections.
+    pub established: Vec<TcpConnection>,
+    /// Unix stream sockets on stdout/stderr, to declare external to CRIU.
+    pub stdio_socket_inodes: Vec<u64>,
+    /// Other sockets, counted.
+    pub other_sockets: SocketCounts,
+}
+
+/// Everything that can go wrong taking an inventory.
+#[derive(Debug, thiserror::Error)]
+pub enum InventoryError {
+    /// The cgroup directory does not exist.
+    #[error("unit {unit} has no cgroup {}: is it running?", .path.display())]
+    NoCgroup {
+        /// The unit.
+        unit: String,
+        /// The cgroup directory looked for.
+        path: PathBuf,
+    },
+    /// The cgroup and its sub-cgroups hold no process.
+    #[error("unit {unit} has no processes in its cgroup {cgroup}: is it running?")]
+    EmptyCgroup {
+        /// The unit.
+        unit: String,
+        /// The cgroup path.
+        cgroup: String,
+    },
+    /// The cgroup path is not an absolute path below the hierarchy's root.
+    #[error("unit {unit}: {cgroup:?} is not a cgroup path like /system.slice/{unit}")]
+    BadCgroupPath {
+        /// The unit.
+        unit: String,
+        /// The path as given.
+        cgroup: String,
+    },
+    /// The main pid is not in the unit's cgroup.
+    #[error("unit {unit}: main pid {main_pid} is not in its cgroup {cgroup}")]
+    MainPidNotInCgroup {
+        /// The unit.
+        unit: String,
+        /// The main pid.
+        main_pid: i32,
+        /// The cgroup path.
+        cgroup: String,
+    },
+    /// The main pid exited while its sockets were read.
+    #[error("unit {unit}: main pid {main_pid} exited during the inventory")]
+    MainPidGone {
+        /// The unit.
+        unit: String,
+        /// The main pid.
+        main_pid: i32,
+    },
+    /// A pid is not positive.
+    #[error("pid {0} is not a valid process id")]
+    BadPid(i32),
+    /// A kernel file has an unexpected line.
+    #[error("{}:{line}: {detail}", .path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Reading failed.
+    #[error("{}: {context}: {source}", .path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What was being done.
+        context: &'static str,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_err(path: &Path, context: &'static str) -> impl FnOnce(io::Error) -> InventoryError {
+    let path = path.to_owned();
+    move |source| InventoryError::Io {
+        path,
+        context,
+        source,
+    }
+}
+
+/// Reads processes and sockets below a root directory.
+#[derive(Debug, Clone)]
+pub struct Inventory {
+    root: PathBuf,
+}
+
+/// The socket tables of one network namespace, by inode.
+#[derive(Debug, Default)]
+struct NetTables {
+    tcp: HashMap<u64, InetSocket>,
+    udp: BTreeSet<u64>,
+    unix: HashMap<u64, UnixSocket>,
+}
+
+impl Inventory {
+    /// An inventory reading below `root` (`/` in production).
+    pub fn new(root: &Path) -> Inventory {
+        Inventory {
+            root: root.to_owned(),
+        }
+    }
+
+    /// The root everything is read below.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The full inventory of `unit`, whose cgroup path (systemd's
+    /// `ControlGroup`, e.g. `/system.slice/demo.service`) is `cgroup` and whose
+    /// main pid (systemd's `MainPID`) is `main_pid`.
+    pub fn unit(
+        &self,
+        unit: &str,
+        cgroup: &str,
+        main_pid: i32,
+    ) -> Result<UnitInventory, InventoryError> {
+        let mut pids = self.cgroup_pids(unit, cgroup)?;
+        if !pids.contains(&main_pid) {
+            return Err(InventoryError::MainPidNotInCgroup {
+                unit: unit.to_owned(),
+                main_pid,
+                cgroup: cgroup.to_owned(),
+            });
+        }
+        // Main pid first, so its network namespace's tables are the ones read.
+        let mut ordered = vec![main_pid];
+        ordered.extend(pids.iter().copied().filter(|&pid| pid != main_pid));
+        let sockets = self.sockets_of_pids(&ordered)?;
+        if sockets.gone_pids.contains(&main_pid) {
+            return Err(InventoryError::MainPidGone {
+                unit: unit.to_owned(),
+                main_pid,
+            });
+        }
+        pids.retain(|pid| !sockets.gone_pids.contains(pid));
+        Ok(UnitInventory {
+            unit: unit.to_owned(),
+            cgroup: cgroup.to_owned(),
+            pids,
+            main_pid,
+            listening: sockets.listening,
+            established: sockets.established,
+            stdio_socket_inodes: sockets.stdio_socket_inodes,
+            other_sockets: sockets.other_sockets,
+        })
+    }
+
+    /// The cgroup directory of `cgroup` below the root.
+    fn cgroup_dir(&self, unit: &str, cgroup: &str) -> Result<PathBuf, InventoryError> {
+        let bad = || InventoryError::BadCgroupPath {
+            unit: unit.to_owned(),
+            cgroup: cgroup.to_owned(),
+        };
+        let relative = cgroup.strip_prefix('/').ok_or_else(bad)?;
+        let mut dir = self.root.join(CGROUP_MOUNT);
+        let mut depth = 0;
+        for component in Path::new(relative).components() {
+            match component {
+                Component::Normal(part) => {
+                    dir.push(part);
+                    depth += 1;
+                }
+                Component::CurDir => {}
+                _ => return Err(bad()),
+            }
+        }
+        // The root cgroup would be the whole machine.
+        if depth == 0 {
+            return Err(bad());
+        }
+        Ok(dir)
+    }
+
+    /// Every pid in `cgroup` and its sub-cgroups, sorted, without duplicates.
+    pub fn cgroup_pids(&self, unit: &str, cgroup: &str) -> Result<Vec<i32>, InventoryError> {
+        let dir = self.cgroup_dir(unit, cgroup)?;
+        match fs::symlink_metadata(&dir) {
+            Ok(metadata) if metadata.is_dir() => {}
+            Ok(_) => {
+                return Err(InventoryError::NoCgroup {
+                    unit: unit.to_owned(),
+                    path: dir,
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(InventoryError::NoCgroup {
+                    unit: unit.to_owned(),
+                    path: dir,
+                });
+            }
+            Err(e) => return Err(io_err(&dir, "cannot stat")(e)),
+        }
+        let mut pids = BTreeSet::new();
+        collect_cgroup_pids(&dir, true, &mut pids)?;
+        if pids.is_empty() {
+            return Err(InventoryError::EmptyCgroup {
+                unit: unit.to_owned(),
+                cgroup: cgroup.to_owned(),
+            });
+        }
+        Ok(pids.into_iter().collect())
+    }
+
+    /// The sockets held by `pids`, looked up in the socket tables of each
+    /// pid's network namespace (read through the first pid of each namespace).
+    pub fn sockets_of_pids(&self, pids: &[i32]) -> Result<SocketInventory, InventoryError> {
+        if let Some(&pid) = pids.iter().find(|&&pid| pid <= 0) {
+            return Err(InventoryError::BadPid(pid));
+        }
+        let mut inventory = SocketInventory::default();
+        let mut tables: BTreeMap<String, NetTables> = BTreeMap::new();
+        // inode -> (netns key, held on fd 1 or 2)
+        let mut held: BTreeMap<u64, (String, bool)> = BTreeMap::new();
+        let mut seen_pids = BTreeSet::new();
+        for &pid in pids {
+            if !seen_pids.insert(pid) {
+                continue;
+            }
+            let Some(fds) = self.socket_fds(pid)? else {
+                tracing::debug!(pid, "process exited before its fds were read");
+                inventory.gone_pids.push(pid);
+                continue;
+            };
+            if fds.is_empty() {
+                continue;
+            }
+            let netns = self.netns_key(pid);
+            if !tables.contains_key(&netns) {
+                tables.insert(netns.clone(), self.read_tables(pid)?);
+            }
+            for (fd, inode) in fds {
+                let entry = held.entry(inode).or_insert_with(|| (netns.clone(), false));
+                entry.1 |= fd == 1 || fd == 2;
+            }
+        }
+
+        let mut listening = BTreeSet::new();
+        let mut established = BTreeSet::new();
+        let mut stdio = BTreeSet::new();
+        let counts = &mut inventory.other_sockets;
+        for (inode, (netns, on_stdio)) in held {
+            let Some(table) = tables.get(&netns) else {
+                continue;
+            };
+            if let Some(socket) = table.tcp.get(&inode) {
+                match socket.state {
+                    TCP_LISTEN => {
+                        listening.insert(socket.local);
+                    }
+                    TCP_ESTABLISHED => {
+                        established.insert(TcpConnection {
+                            local: socket.local,
+                            remote: socket.remote,
+                        });
+                    }
+                    _ => counts.tcp_other_state += 1,
+                }
+            } else if let Some(socket) = table.unix.get(&inode) {
+                if on_stdio && socket.sock_type == UNIX_SOCK_STREAM {
+                    stdio.insert(inode);
+                } else {
+                    counts.unix += 1;
+                }
+            } else if table.udp.contains(&inode) {
+                counts.udp += 1;
+            } else {
+                counts.other += 1;
+            }
+        }
+        inventory.listening = listening.into_iter().collect();
+        inventory.established = established.into_iter().collect();
+        inventory.stdio_socket_inodes = stdio.into_iter().collect();
+        Ok(inventory)
+    }
+
+    /// `(fd, inode)` of every socket `pid` has open, or `None` if the process
+    /// no longer exists.
+    fn socket_fds(&self, pid: i32) -> Result<Option<Vec<(u32, u64)>>, InventoryError> {
+        let dir = self.root.join(format!("proc/{pid}/fd"));
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&dir, "cannot list open files of")(e)),
+        };
+        let mut fds = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err(&dir, "cannot list open files of"))?;
+            let Some(fd) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let target = match fs::read_link(entry.path()) {
+                Ok(target) => target,
+                // Closed since the listing.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&entry.path(), "cannot read link")(e)),
+            };
+            if let Some(inode) = target.to_str().and_then(socket_inode) {
+                fds.push((fd, inode));
+            }
+        }
+        Ok(Some(fds))
+    }
+
+    /// Identifies `pid`'s network namespace; pids whose namespace link cannot
+    /// be read get a namespace of their own.
+    fn netns_key(&self, pid: i32) -> String {
+        let link = self.root.join(format!("proc/{pid}/ns/net"));
+        match fs::read_link(&link) {
+            Ok(target) => target.to_string_lossy().into_owned(),
+            Err(_) => format!("pid:{pid}"),
+        }
+    }
+
+    fn read_tables(&self, pid: i32) -> Result<NetTables, InventoryError> {
+        let net = self.root.join(format!("proc/{pid}/net"));
+        let mut tables = NetTables::default();
+        for (name, family, required) in [
+            ("tcp", Family::V4, true),
+            ("tcp6", Family::V6, false),
+            ("udp", Family::V4, false),
+            ("udp6", Family::V6, false),
+        ] {
+            let path = net.join(name);
+            let Some(text) = read_table(&path, required)? else {
+                continue;
+            };
+            for socket in procnet::parse_inet_table(&text, family, &path)? {
+                if socket.inode == 0 {
+                    continue;
+                }
+                if name.starts_with("tcp") {
+                    tables.tcp.insert(socket.inode, socket);
+                } else {
+                    tables.udp.insert(socket.inode);
+                }
+            }
+        }
+        let path = net.join("unix");
+        if let Some(text) = read_table(&path, false)? {
+            for socket in procnet::parse_unix_table(&text, &path)? {
+                tables.unix.insert(socket.inode, socket);
+            }
+        }
+        Ok(tables)
+    }
+}
+
+/// Reads a table; a missing optional one (IPv6 disabled, no unix support) is
+/// `None`.
+fn read_table(path: &Path, required: bool) -> Result<Option<String>, InventoryError> {
+    match fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !required => Ok(None),
+        Err(e) => Err(io_err(path, "cannot read")(e)),
+    }
+}
+
+/// The inode in a `socket:[<inode>]` link target.
+fn socket_inode(target: &str) -> Option<u64> {
+    target
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Adds the pids of `dir`'s `cgroup.procs` and of every sub-cgroup. A
+/// sub-cgroup removed meanwhile is skipped; the top one must be readable.
+fn collect_cgroup_pids(
+    dir: &Path,
+    top: bool,
+    pids: &mut BTreeSet<i32>,
+) -> Result<(), InventoryError> {
+    let procs = dir.join("cgroup.procs");
+    let text = match fs::read_to_string(&procs) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !top => return Ok(()),
+        Err(e) => return Err(io_err(&procs, "cannot read")(e)),
+    };
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        match line.parse::<i32>() {
+            Ok(pid) if pid > 0 => {
+                pids.insert(pid);
+            }
+            _ => {
+                return Err(InventoryError::Parse {
+                    path: procs.clone(),
+                    line: index + 1,
+                    detail: format!("{line:?} is not a pid"),
+                });
+            }
+        }
+    }
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !top => return Ok(()),
+        Err(e) => return Err(io_err(dir, "cannot list")(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(io_err(dir, "cannot list"))?;
+        let is_dir = entry
+            .file_type()
+            .map(|t| t.is_dir())
+            .map_err(io_err(&entry.path(), "cannot stat"))?;
+        if is_dir {
+            collect_cgroup_pids(&entry.path(), false, pids)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

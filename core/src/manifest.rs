@@ -1,1 +1,0 @@
-//! Snapshot manifest (being written).

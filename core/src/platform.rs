@@ -1,0 +1,286 @@
+//! Every contact the reboot transaction has with the running system, behind
+//! one trait.
+//!
+//! The transaction decides *what* happens and in which order, and how each
+//! step is undone; [`Platform`] does it. The real implementation talks to
+//! systemd (`systemctl`), nftables (`nft`), CRIU (its RPC) and the kernel
+//! (`kexec_file_load`); tests use a recording fake that can be told to fail
+//! any step, so every undo path is exercised without root.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::criu::{Criu, DumpOptions, Notification};
+use crate::inventory::{Inventory, UnitInventory};
+use crate::kexec::{InitrdImage, KernelImage, KernelLoader};
+use crate::manifest::{read_boot_id, read_kernel_release};
+
+/// What systemd says about a unit.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UnitStatus {
+    pub unit: String,
+    /// `ActiveState`, e.g. `active`, `failed`, `inactive`.
+    pub active_state: String,
+    /// `SubState`, e.g. `running`.
+    pub sub_state: String,
+    /// `MainPID`; 0 when there is none.
+    pub main_pid: i32,
+    /// `ControlGroup`, e.g. `/system.slice/demo.service`.
+    pub control_group: String,
+    /// The argv of the unit's (first) `ExecStart`.
+    pub exec_start: Vec<String>,
+    /// `FragmentPath`: the unit file.
+    pub fragment_path: String,
+    /// `LoadState`, e.g. `loaded`, `not-found`.
+    pub load_state: String,
+}
+
+/// The outcome of one checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DumpStats {
+    /// How long CRIU had the tree frozen (from its network lock to the end).
+    pub frozen: Duration,
+}
+
+/// The system as the transaction sees it.
+pub trait Platform {
+    /// `systemctl show` of the properties in [`UnitStatus`].
+    fn unit_status(&self, unit: &str) -> Result<UnitStatus>;
+    /// The unit's processes and sockets, read from its cgroup and /proc.
+    fn inventory(&self, status: &UnitStatus) -> Result<UnitInventory>;
+    /// `/proc/sys/kernel/random/boot_id` and `uname -r`.
+    fn boot_id_and_release(&self) -> Result<(String, String)>;
+    /// Writes `/run/systemd/system/<unit>.d/<name>` (a runtime drop-in).
+    fn write_runtime_dropin(&self, unit: &str, name: &str, contents: &str) -> Result<()>;
+    /// Removes a runtime drop-in written by [`Platform::write_runtime_dropin`].
+    fn remove_runtime_dropin(&self, unit: &str, name: &str) -> Result<()>;
+    fn daemon_reload(&self) -> Result<()>;
+    fn start_unit(&self, unit: &str) -> Result<()>;
+    /// Names of the `inet` nftables tables.
+    fn nft_tables(&self) -> Result<Vec<String>>;
+    /// `nft list table inet NAME`, replayable with `nft -f`.
+    fn nft_list_table(&self, name: &str) -> Result<String>;
+    fn nft_delete_table(&self, name: &str) -> Result<()>;
+    /// Checkpoints the process tree rooted at `pid` into `images_dir`, with
+    /// its established TCP connections locked by nftables and the given
+    /// unix socket inodes treated as external. The tree is gone afterwards.
+    fn criu_dump(&self, pid: i32, images_dir: &Path, external_unix: &[u32]) -> Result<DumpStats>;
+    /// Loads the kernel for the next kexec.
+    fn load_kernel(
+        &self,
+        kernel: &KernelImage,
+        initrd: Option<&InitrdImage>,
+        cmdline: &str,
+    ) -> Result<()>;
+    fn unload_kernel(&self) -> Result<()>;
+    /// Asks systemd to stop everything and kexec into the loaded kernel.
+    fn kexec(&self) -> Result<()>;
+}
+
+/// The real system.
+#[derive(Debug)]
+pub struct LinuxPlatform {
+    criu: Criu,
+    runtime_units: PathBuf,
+}
+
+impl LinuxPlatform {
+    pub fn new(criu_timeout: Duration) -> Self {
+        LinuxPlatform {
+            criu: Criu::new().with_timeout(Some(criu_timeout)),
+            runtime_units: PathBuf::from("/run/systemd/system"),
+        }
+    }
+}
+
+fn command(program: &str, args: &[&str]) -> Result<String> {
+    let output = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {program}"))?;
+    if !output.status.success() {
+        bail!(
+            "{program} {} failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Parses `systemctl show` output (`Key=value` lines).
+pub fn parse_show(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The argv of the first command in systemd's `ExecStart` property, which
+/// `systemctl show` prints as `{ path=/usr/bin/x ; argv[]=/usr/bin/x -a b ; ... }`.
+pub fn parse_exec_start(value: &str) -> Vec<String> {
+    let Some(start) = value.find("argv[]=") else {
+        return Vec::new();
+    };
+    let rest = &value[start + "argv[]=".len()..];
+    let end = rest.find(" ;").unwrap_or(rest.len());
+    rest[..end].split_whitespace().map(str::to_string).collect()
+}
+
+impl Platform for LinuxPlatform {
+    fn unit_status(&self, unit: &str) -> Result<UnitStatus> {
+        let text = command(
+            "systemctl",
+            &[
+                "show",
+                "--property=LoadState,ActiveState,SubState,MainPID,ControlGroup,ExecStart,FragmentPath",
+                "--",
+                unit,
+            ],
+        )?;
+        let props = parse_show(&text);
+        let get = |k: &str| props.get(k).cloned().unwrap_or_default();
+        Ok(UnitStatus {
+            unit: unit.to_string(),
+            active_state: get("ActiveState"),
+            sub_state: get("SubState"),
+            main_pid: get("MainPID").parse().unwrap_or(0),
+            control_group: get("ControlGroup"),
+            exec_start: parse_exec_start(&get("ExecStart")),
+            fragment_path: get("FragmentPath"),
+            load_state: get("LoadState"),
+        })
+    }
+
+    fn inventory(&self, status: &UnitStatus) -> Result<UnitInventory> {
+        Ok(Inventory::new(Path::new("/")).unit(
+            &status.unit,
+            &status.control_group,
+            status.main_pid,
+        )?)
+    }
+
+    fn boot_id_and_release(&self) -> Result<(String, String)> {
+        let root = Path::new("/");
+        Ok((read_boot_id(root)?, read_kernel_release(root)?))
+    }
+
+    fn write_runtime_dropin(&self, unit: &str, name: &str, contents: &str) -> Result<()> {
+        let dir = self.runtime_units.join(format!("{unit}.d"));
+        fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let path = dir.join(name);
+        fs::write(&path, contents).with_context(|| format!("cannot write {}", path.display()))
+    }
+
+    fn remove_runtime_dropin(&self, unit: &str, name: &str) -> Result<()> {
+        let path = self.runtime_units.join(format!("{unit}.d")).join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
+        }
+    }
+
+    fn daemon_reload(&self) -> Result<()> {
+        command("systemctl", &["daemon-reload"]).map(drop)
+    }
+
+    fn start_unit(&self, unit: &str) -> Result<()> {
+        command("systemctl", &["start", "--", unit]).map(drop)
+    }
+
+    fn nft_tables(&self) -> Result<Vec<String>> {
+        let text = command("nft", &["list", "tables", "inet"])?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("table inet "))
+            .map(str::to_string)
+            .collect())
+    }
+
+    fn nft_list_table(&self, name: &str) -> Result<String> {
+        command("nft", &["list", "table", "inet", name])
+    }
+
+    fn nft_delete_table(&self, name: &str) -> Result<()> {
+        command("nft", &["delete", "table", "inet", name]).map(drop)
+    }
+
+    fn criu_dump(&self, pid: i32, images_dir: &Path, external_unix: &[u32]) -> Result<DumpStats> {
+        fs::create_dir_all(images_dir)
+            .with_context(|| format!("cannot create {}", images_dir.display()))?;
+        let dir = fs::File::open(images_dir)
+            .with_context(|| format!("cannot open {}", images_dir.display()))?;
+        let mut options = DumpOptions::new(dir.as_fd(), pid);
+        options.external_unix_sockets = external_unix.to_vec();
+        // CRIU freezes the tree right after it starts and the tree is gone
+        // when it answers, so the call's duration bounds the frozen time.
+        let started = Instant::now();
+        let mut notify = |_: Notification<'_>| -> Result<()> { Ok(()) };
+        self.criu.dump(&options, &mut notify).with_context(|| {
+            format!(
+                "CRIU could not checkpoint pid {pid} (log: {}/dump.log)",
+                images_dir.display()
+            )
+        })?;
+        Ok(DumpStats {
+            frozen: started.elapsed(),
+        })
+    }
+
+    fn load_kernel(
+        &self,
+        kernel: &KernelImage,
+        initrd: Option<&InitrdImage>,
+        cmdline: &str,
+    ) -> Result<()> {
+        KernelLoader::linux()
+            .load(kernel, initrd, cmdline)
+            .map(drop)
+            .context("cannot load the new kernel")
+    }
+
+    fn unload_kernel(&self) -> Result<()> {
+        KernelLoader::linux()
+            .unload()
+            .context("cannot unload the loaded kernel")
+    }
+
+    fn kexec(&self) -> Result<()> {
+        command("systemctl", &["kexec", "--no-block"]).map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_systemctl_show() {
+        let props =
+            parse_show("MainPID=543\nActiveState=active\nControlGroup=/system.slice/x.service\n");
+        assert_eq!(props["MainPID"], "543");
+        assert_eq!(props["ControlGroup"], "/system.slice/x.service");
+    }
+
+    #[test]
+    fn parses_exec_start_argv() {
+        let value = "{ path=/usr/local/lib/seamless-lab/lab-service ; argv[]=/usr/local/lib/seamless-lab/lab-service --listen 0.0.0.0:7777 ; ignore_errors=no ; start_time=[n/a] ; stop_time=[n/a] ; pid=0 ; code=(null) ; status=0/0 }";
+        assert_eq!(
+            parse_exec_start(value),
+            vec![
+                "/usr/local/lib/seamless-lab/lab-service",
+                "--listen",
+                "0.0.0.0:7777"
+            ]
+        );
+        assert!(parse_exec_start("").is_empty());
+    }
+}

@@ -1,0 +1,477 @@
+//! The reboot transaction, top to bottom.
+//!
+//! ```text
+//!  plan ──> load kernel ──> guard units ──> checkpoint unit 1..n ──> manifest ──> kexec
+//!           (undo: unload)  (undo: remove   (undo: restore each        (undo:        │
+//!                            drop-ins)       checkpointed unit in place) remove dir) point of
+//!                                                                                   no return
+//! ```
+//!
+//! Each step that changes the system pushes its undo onto a log before the
+//! next step starts; when a step fails, the log is unwound in reverse and the
+//! caller gets the cause together with anything that could not be undone.
+//! Failing to load the kernel freezes nothing; a failed checkpoint restores
+//! the units already checkpointed on the running kernel. Only the request to
+//! systemd to kexec is final.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+
+use crate::inventory::UnitInventory;
+use crate::kexec::{InitrdImage, KernelImage};
+use crate::manifest::{Manifest, UnitSnapshot, compute_digests};
+use crate::platform::{Platform, UnitStatus};
+
+/// The runtime drop-in that stops systemd from restarting a unit whose
+/// process CRIU has just checkpointed (and so killed).
+pub const HOLD_DROPIN: &str = "50-seamless-reboot-checkpoint.conf";
+/// The runtime drop-in that makes a unit restore itself from its snapshot.
+pub const RESTORE_DROPIN: &str = "50-seamless-reboot-restore.conf";
+/// File in a unit's snapshot directory: its `UnitSnapshot` as JSON, readable
+/// before the manifest exists (for an in-place restore).
+pub const UNIT_SNAPSHOT_FILE: &str = "unit.json";
+/// File in a unit's snapshot directory: CRIU's nftables lock table, replayed
+/// in the next boot before any interface comes up.
+pub const HOLD_RULES_FILE: &str = "hold.nft";
+/// Where a unit's images go inside its snapshot directory.
+pub const IMAGES_SUBDIR: &str = "images";
+
+/// A unit the plan will checkpoint.
+#[derive(Debug, Clone)]
+pub struct PlannedUnit {
+    pub status: UnitStatus,
+    pub inventory: UnitInventory,
+}
+
+/// Everything decided before anything is changed.
+#[derive(Debug)]
+pub struct Plan {
+    pub transaction_id: String,
+    pub transaction_dir: PathBuf,
+    pub kernel: KernelImage,
+    pub initrd: Option<InitrdImage>,
+    pub cmdline: String,
+    pub source_boot_id: String,
+    pub source_kernel: String,
+    pub units: Vec<PlannedUnit>,
+    /// Path of the `seamless-reboot` binary the restore drop-ins run.
+    pub restore_binary: PathBuf,
+}
+
+/// What a finished (handed over) transaction did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkpointed {
+    pub unit: String,
+    pub frozen: Duration,
+    pub connections: usize,
+}
+
+/// Progress callbacks, for the CLI and D-Bus.
+pub trait Progress {
+    fn step(&mut self, what: &str);
+}
+
+impl<F: FnMut(&str)> Progress for F {
+    fn step(&mut self, what: &str) {
+        self(what)
+    }
+}
+
+/// What the caller asks for.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateRequest {
+    /// The new kernel (a bzImage).
+    pub kernel: PathBuf,
+    /// Its initrd; found next to the kernel when not given.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line arguments added to (or replacing those of) the current one.
+    pub append: Vec<String>,
+    /// The units to preserve.
+    pub units: Vec<String>,
+}
+
+/// Checks everything that can be checked before the system is touched and
+/// decides the transaction. Returns every problem found, not just the first,
+/// so a dry run tells the operator all that is wrong at once.
+pub fn plan(
+    platform: &dyn Platform,
+    request: &UpdateRequest,
+    image_root: &Path,
+    restore_binary: &Path,
+) -> Result<Plan, Vec<String>> {
+    let mut problems = Vec::new();
+    let kernel = match crate::kexec::check_kernel_file(&request.kernel) {
+        Ok(k) => Some(k),
+        Err(e) => {
+            problems.push(format!("{e}"));
+            None
+        }
+    };
+    let initrd = kernel.as_ref().and_then(|k| {
+        let choice = match &request.initrd {
+            Some(path) => crate::kexec::InitrdChoice::Explicit(path.clone()),
+            None => crate::kexec::InitrdChoice::Auto,
+        };
+        let boot_dir = request.kernel.parent().unwrap_or(Path::new("/boot"));
+        match crate::kexec::resolve_initrd(k, &choice, boot_dir, crate::kexec::OwnerPolicy::ROOT) {
+            Ok(i) => i,
+            Err(e) => {
+                problems.push(format!("{e}"));
+                None
+            }
+        }
+    });
+    let (source_boot_id, source_kernel) = match platform.boot_id_and_release() {
+        Ok(pair) => pair,
+        Err(e) => {
+            problems.push(format!("{e:#}"));
+            Default::default()
+        }
+    };
+    let transaction_id = new_transaction_id();
+    let cmdline = kernel.as_ref().and_then(|k| {
+        let id = crate::kexec::TransactionId::new(&transaction_id).ok()?;
+        let current = crate::kexec::cmdline::read_current_cmdline(Path::new("/proc/cmdline"))
+            .map_err(|e| problems.push(format!("{e}")))
+            .ok()?;
+        crate::kexec::build_next_cmdline(&current, &request.append, &id, k.info().max_cmdline_len())
+            .map_err(|e| problems.push(format!("{e}")))
+            .ok()
+    });
+
+    if request.units.is_empty() {
+        problems.push("no units to preserve: name them with --unit or in the configuration".into());
+    }
+    let mut units = Vec::new();
+    for unit in &request.units {
+        match plan_unit(platform, unit) {
+            Ok(planned) => units.push(planned),
+            Err(e) => problems.push(format!("{e:#}")),
+        }
+    }
+    match (kernel, cmdline, problems.is_empty()) {
+        (Some(kernel), Some(cmdline), true) => Ok(Plan {
+            transaction_dir: image_root.join(&transaction_id),
+            transaction_id,
+            kernel,
+            initrd,
+            cmdline,
+            source_boot_id,
+            source_kernel,
+            units,
+            restore_binary: restore_binary.to_path_buf(),
+        }),
+        _ => Err(problems),
+    }
+}
+
+fn plan_unit(platform: &dyn Platform, unit: &str) -> Result<PlannedUnit> {
+    let status = platform.unit_status(unit)?;
+    if status.load_state != "loaded" {
+        bail!("{unit}: no such unit (LoadState={})", status.load_state);
+    }
+    if status.active_state != "active" || status.main_pid <= 0 {
+        bail!(
+            "{unit}: not running (ActiveState={}, MainPID={}); only running units can be preserved",
+            status.active_state,
+            status.main_pid
+        );
+    }
+    let inventory = platform
+        .inventory(&status)
+        .with_context(|| format!("{unit}: cannot list its processes and sockets"))?;
+    Ok(PlannedUnit { status, inventory })
+}
+
+/// A fresh transaction id: the time and the pid, `[a-z0-9-]`.
+pub fn new_transaction_id() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    format!("t{}-{}", now.as_millis(), std::process::id())
+}
+
+/// One thing to undo.
+#[derive(Debug)]
+enum Undo {
+    UnloadKernel,
+    RemoveDropin { unit: String, name: String },
+    RestoreInPlace { unit: String, snapshot_dir: PathBuf },
+    RemoveDir(PathBuf),
+}
+
+/// Failure of a transaction: the cause, and whatever could not be undone.
+#[derive(Debug, thiserror::Error)]
+#[error("{cause:#}{}", rollback_text(.rollback_errors))]
+pub struct TransactionError {
+    pub cause: anyhow::Error,
+    pub rollback_errors: Vec<anyhow::Error>,
+}
+
+fn rollback_text(errors: &[anyhow::Error]) -> String {
+    if errors.is_empty() {
+        "; everything was undone".to_string()
+    } else {
+        let list: Vec<String> = errors.iter().map(|e| format!("{e:#}")).collect();
+        format!("; and undoing it failed: {}", list.join("; "))
+    }
+}
+
+/// The directory of one unit's snapshot inside the transaction directory.
+pub fn unit_dir_name(unit: &str) -> String {
+    // systemd unit names are [A-Za-z0-9:_.\\@-]; none of them is a path separator.
+    format!("unit-{unit}")
+}
+
+/// Runs the transaction from a plan to the kexec. Returns only when the
+/// system did not go down: `Ok` after systemd accepted the kexec request.
+pub fn run(
+    platform: &dyn Platform,
+    plan: &Plan,
+    progress: &mut dyn Progress,
+) -> Result<Vec<Checkpointed>, TransactionError> {
+    let mut undo = Vec::new();
+    match forward(platform, plan, progress, &mut undo) {
+        Ok(done) => Ok(done),
+        Err(cause) => {
+            progress.step("undoing");
+            let rollback_errors = rollback(platform, plan, undo);
+            Err(TransactionError {
+                cause,
+                rollback_errors,
+            })
+        }
+    }
+}
+
+fn forward(
+    platform: &dyn Platform,
+    plan: &Plan,
+    progress: &mut dyn Progress,
+    undo: &mut Vec<Undo>,
+) -> Result<Vec<Checkpointed>> {
+    // 1. Load the kernel. Nothing is frozen yet; a bad kernel stops here.
+    progress.step("loading kernel");
+    platform.load_kernel(&plan.kernel, plan.initrd.as_ref(), &plan.cmdline)?;
+    undo.push(Undo::UnloadKernel);
+
+    fs::create_dir_all(&plan.transaction_dir)
+        .with_context(|| format!("cannot create {}", plan.transaction_dir.display()))?;
+    undo.push(Undo::RemoveDir(plan.transaction_dir.clone()));
+
+    // 2. Guard: nothing may restart a checkpointed unit, and nothing may
+    //    flush the lock rules before the kexec (Debian's nftables.service
+    //    flushes the ruleset when it stops).
+    progress.step("guarding units");
+    for unit in &plan.units {
+        platform.write_runtime_dropin(&unit.status.unit, HOLD_DROPIN, "[Service]\nRestart=no\n")?;
+        undo.push(Undo::RemoveDropin {
+            unit: unit.status.unit.clone(),
+            name: HOLD_DROPIN.into(),
+        });
+    }
+    platform.write_runtime_dropin("nftables.service", HOLD_DROPIN, "[Service]\nExecStop=\n")?;
+    undo.push(Undo::RemoveDropin {
+        unit: "nftables.service".into(),
+        name: HOLD_DROPIN.into(),
+    });
+    platform.daemon_reload()?;
+
+    // 3. Checkpoint each unit. From here on, a failure restores the units
+    //    already checkpointed, in place, on this kernel.
+    let mut snapshots = Vec::new();
+    let mut done = Vec::new();
+    for unit in &plan.units {
+        let name = &unit.status.unit;
+        progress.step(&format!("checkpointing {name}"));
+        let snapshot_dir = plan.transaction_dir.join(unit_dir_name(name));
+        let images = snapshot_dir.join(IMAGES_SUBDIR);
+        let tables_before = platform.nft_tables()?;
+        let external: Vec<u32> = unit
+            .inventory
+            .stdio_socket_inodes
+            .iter()
+            .filter_map(|i| u32::try_from(*i).ok())
+            .collect();
+        let stats = platform
+            .criu_dump(unit.status.main_pid, &images, &external)
+            .with_context(|| format!("checkpoint of {name} failed"))?;
+        undo.push(Undo::RestoreInPlace {
+            unit: name.clone(),
+            snapshot_dir: snapshot_dir.clone(),
+        });
+        let lock_tables: Vec<String> = platform
+            .nft_tables()?
+            .into_iter()
+            .filter(|t| t.starts_with("CRIU-") && !tables_before.contains(t))
+            .collect();
+        let mut rules = String::new();
+        for table in &lock_tables {
+            rules.push_str(&platform.nft_list_table(table)?);
+        }
+        write_file(&snapshot_dir.join(HOLD_RULES_FILE), rules.as_bytes())?;
+        let snapshot = UnitSnapshot {
+            unit: name.clone(),
+            images_dir: format!("{}/{IMAGES_SUBDIR}", unit_dir_name(name)),
+            main_pid: unit.status.main_pid,
+            pids: unit.inventory.pids.clone(),
+            exec_start: unit.status.exec_start.clone(),
+            connections: unit.inventory.established.clone(),
+            journal_socket_inodes: unit.inventory.stdio_socket_inodes.clone(),
+            frozen_ms: stats.frozen.as_millis() as u64,
+            images: compute_digests(&images)?,
+        };
+        write_file(
+            &snapshot_dir.join(UNIT_SNAPSHOT_FILE),
+            serde_json::to_string_pretty(&snapshot)?.as_bytes(),
+        )?;
+        done.push(Checkpointed {
+            unit: name.clone(),
+            frozen: stats.frozen,
+            connections: snapshot.connections.len(),
+        });
+        snapshots.push(snapshot);
+    }
+
+    // 4. The manifest binds the snapshot to this boot and the loaded kernel.
+    progress.step("writing manifest");
+    let manifest = Manifest {
+        format_version: crate::manifest::FORMAT_VERSION,
+        transaction_id: plan.transaction_id.clone(),
+        created_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        source_boot_id: plan.source_boot_id.clone(),
+        source_kernel: plan.source_kernel.clone(),
+        target_kernel: plan.kernel.release().to_string(),
+        units: snapshots,
+    };
+    manifest.write_in(&plan.transaction_dir)?;
+
+    // 5. Point of no return: systemd stops everything and kexecs.
+    progress.step("handing over to systemd kexec");
+    platform.kexec()?;
+    Ok(done)
+}
+
+/// Unwinds the undo log in reverse; returns what could not be undone.
+fn rollback(platform: &dyn Platform, plan: &Plan, undo: Vec<Undo>) -> Vec<anyhow::Error> {
+    let mut errors = Vec::new();
+    let mut need_reload = false;
+    for step in undo.into_iter().rev() {
+        let result = match &step {
+            Undo::UnloadKernel => platform.unload_kernel(),
+            Undo::RemoveDropin { unit, name } => {
+                need_reload = true;
+                platform.remove_runtime_dropin(unit, name)
+            }
+            Undo::RestoreInPlace { unit, snapshot_dir } => {
+                restore_in_place(platform, plan, unit, snapshot_dir)
+            }
+            Undo::RemoveDir(dir) => {
+                // Keep the snapshot if a unit could not be brought back:
+                // it is the only copy of that unit's state.
+                if errors.is_empty() {
+                    fs::remove_dir_all(dir)
+                        .or_else(|e| {
+                            if e.kind() == std::io::ErrorKind::NotFound {
+                                Ok(())
+                            } else {
+                                Err(e)
+                            }
+                        })
+                        .with_context(|| format!("cannot remove {}", dir.display()))
+                } else {
+                    Ok(())
+                }
+            }
+        };
+        if let Err(e) = result {
+            errors.push(e.context(format!("undo {step:?}")));
+        }
+    }
+    if need_reload && let Err(e) = platform.daemon_reload() {
+        errors.push(e);
+    }
+    errors
+}
+
+/// Brings a checkpointed unit back on the running kernel: the unit restores
+/// itself through the same helper the next boot uses, then the drop-in goes.
+fn restore_in_place(
+    platform: &dyn Platform,
+    plan: &Plan,
+    unit: &str,
+    snapshot_dir: &Path,
+) -> Result<()> {
+    platform.write_runtime_dropin(
+        unit,
+        RESTORE_DROPIN,
+        &restore_dropin(&plan.restore_binary, snapshot_dir, unit, None),
+    )?;
+    platform.remove_runtime_dropin(unit, HOLD_DROPIN)?;
+    platform.daemon_reload()?;
+    let started = platform.start_unit(unit);
+    platform.remove_runtime_dropin(unit, RESTORE_DROPIN)?;
+    platform.daemon_reload()?;
+    started.with_context(|| format!("{unit} could not be restored in place"))?;
+    let status = platform.unit_status(unit)?;
+    if status.active_state != "active" {
+        bail!(
+            "{unit} is {} after its in-place restore",
+            status.active_state
+        );
+    }
+    Ok(())
+}
+
+/// The drop-in that makes `unit` restore itself from `snapshot_dir`: systemd
+/// runs the restore helper as a forking `ExecStart` and adopts the restored
+/// process from the pid file, so the unit ends active with the restored
+/// process as its main pid, in its own cgroup. `after` orders it after the
+/// next boot's hold unit.
+pub fn restore_dropin(
+    binary: &Path,
+    snapshot_dir: &Path,
+    unit: &str,
+    after: Option<&str>,
+) -> String {
+    let mut text =
+        String::from("# Generated by seamless-reboot: restore this unit from its checkpoint.\n");
+    if let Some(after) = after {
+        text.push_str(&format!("[Unit]\nAfter={after}\nWants={after}\n\n"));
+    }
+    text.push_str(&format!(
+        "[Service]\nType=forking\nPIDFile={}\nExecStart=\nExecStart={} restore-unit {} {}\nRestart=no\nTimeoutStartSec=300\n",
+        pid_file(unit).display(),
+        binary.display(),
+        snapshot_dir.display(),
+        unit
+    ));
+    text
+}
+
+/// Where the restore helper writes the restored main pid for systemd.
+pub fn pid_file(unit: &str) -> PathBuf {
+    PathBuf::from(format!("/run/seamless-reboot/{unit}.pid"))
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let file =
+        fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    use std::io::Write;
+    let mut file = file;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,307 @@
+//! The transaction's order of steps and every undo path, on a recording
+//! fake of the system that can be told to fail any step.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+
+use super::*;
+use crate::inventory::{SocketCounts, UnitInventory};
+use crate::kexec::boot_file::tests::{me, write_file};
+use crate::kexec::bzimage::check_kernel_file_with;
+use crate::kexec::bzimage::tests::{TEST_VERSION, synthetic_kernel};
+use crate::kexec::{InitrdImage, KernelImage};
+use crate::platform::{DumpStats, Platform, UnitStatus};
+
+#[derive(Default)]
+struct FakePlatform {
+    calls: RefCell<Vec<String>>,
+    fail: Vec<String>,
+    tables: RefCell<Vec<String>>,
+}
+
+impl FakePlatform {
+    fn failing(steps: &[&str]) -> Self {
+        FakePlatform {
+            fail: steps.iter().map(|s| (*s).to_string()).collect(),
+            ..Default::default()
+        }
+    }
+    fn record(&self, call: String) -> Result<()> {
+        let fails = self.fail.contains(&call);
+        self.calls.borrow_mut().push(call.clone());
+        if fails {
+            bail!("injected failure: {call}");
+        }
+        Ok(())
+    }
+    fn calls(&self) -> Vec<String> {
+        self.calls.borrow().clone()
+    }
+}
+
+impl Platform for FakePlatform {
+    fn unit_status(&self, unit: &str) -> Result<UnitStatus> {
+        Ok(UnitStatus {
+            unit: unit.into(),
+            active_state: "active".into(),
+            sub_state: "running".into(),
+            main_pid: 100,
+            control_group: format!("/system.slice/{unit}"),
+            exec_start: vec!["/bin/true".into()],
+            fragment_path: String::new(),
+            load_state: "loaded".into(),
+        })
+    }
+    fn inventory(&self, status: &UnitStatus) -> Result<UnitInventory> {
+        Ok(inventory(&status.unit))
+    }
+    fn boot_id_and_release(&self) -> Result<(String, String)> {
+        Ok(("boot-a".into(), "6.1.0".into()))
+    }
+    fn write_runtime_dropin(&self, unit: &str, name: &str, _: &str) -> Result<()> {
+        self.record(format!("dropin+ {unit} {name}"))
+    }
+    fn remove_runtime_dropin(&self, unit: &str, name: &str) -> Result<()> {
+        self.record(format!("dropin- {unit} {name}"))
+    }
+    fn daemon_reload(&self) -> Result<()> {
+        self.record("daemon-reload".into())
+    }
+    fn start_unit(&self, unit: &str) -> Result<()> {
+        self.record(format!("start {unit}"))
+    }
+    fn nft_tables(&self) -> Result<Vec<String>> {
+        Ok(self.tables.borrow().clone())
+    }
+    fn nft_list_table(&self, name: &str) -> Result<String> {
+        Ok(format!("table inet {name} {{\n}}\n"))
+    }
+    fn nft_delete_table(&self, name: &str) -> Result<()> {
+        self.record(format!("nft-delete {name}"))
+    }
+    fn criu_dump(&self, pid: i32, images_dir: &Path, _: &[u32]) -> Result<DumpStats> {
+        let unit = images_dir
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().trim_start_matches("unit-").to_string())
+            .unwrap_or_default();
+        self.record(format!("dump {unit}"))?;
+        std::fs::create_dir_all(images_dir)?;
+        std::fs::write(images_dir.join("core-1.img"), format!("pid {pid}"))?;
+        let n = self.tables.borrow().len();
+        self.tables.borrow_mut().push(format!("CRIU-{n}"));
+        Ok(DumpStats {
+            frozen: Duration::from_millis(300),
+        })
+    }
+    fn load_kernel(&self, _: &KernelImage, _: Option<&InitrdImage>, _: &str) -> Result<()> {
+        self.record("load-kernel".into())
+    }
+    fn unload_kernel(&self) -> Result<()> {
+        self.record("unload-kernel".into())
+    }
+    fn kexec(&self) -> Result<()> {
+        self.record("kexec".into())
+    }
+}
+
+fn inventory(unit: &str) -> UnitInventory {
+    UnitInventory {
+        unit: unit.into(),
+        cgroup: format!("/system.slice/{unit}"),
+        pids: vec![100],
+        main_pid: 100,
+        listening: vec![],
+        established: vec![],
+        stdio_socket_inodes: vec![4607],
+        other_sockets: SocketCounts::default(),
+    }
+}
+
+fn plan_for(dir: &Path, platform: &FakePlatform, units: &[&str]) -> Plan {
+    let kernel_path = write_file(
+        dir,
+        "vmlinuz-6.12.57+deb13-amd64",
+        &synthetic_kernel(TEST_VERSION, 600 * 1024),
+        0o644,
+    );
+    let kernel = check_kernel_file_with(&kernel_path, me()).expect("synthetic kernel passes");
+    Plan {
+        transaction_id: "t1-1".into(),
+        transaction_dir: dir.join("images/t1-1"),
+        kernel,
+        initrd: None,
+        cmdline: "root=/dev/vda seamless_reboot.transaction=t1-1".into(),
+        source_boot_id: "boot-a".into(),
+        source_kernel: "6.1.0".into(),
+        units: units
+            .iter()
+            .map(|u| PlannedUnit {
+                status: platform.unit_status(u).expect("status"),
+                inventory: inventory(u),
+            })
+            .collect(),
+        restore_binary: PathBuf::from("/usr/bin/seamless-reboot"),
+    }
+}
+
+fn steps() -> (Vec<String>, impl FnMut(&str)) {
+    (Vec::new(), |_: &str| {})
+}
+
+#[test]
+fn happy_path_runs_in_order_and_ends_with_kexec() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let platform = FakePlatform::default();
+    let plan = plan_for(tmp.path(), &platform, &["a.service", "b.service"]);
+    let (_, mut progress) = steps();
+    let done = run(&platform, &plan, &mut progress).expect("succeeds");
+    assert_eq!(done.len(), 2);
+    assert_eq!(
+        platform.calls(),
+        vec![
+            "load-kernel",
+            &format!("dropin+ a.service {HOLD_DROPIN}"),
+            &format!("dropin+ b.service {HOLD_DROPIN}"),
+            &format!("dropin+ nftables.service {HOLD_DROPIN}"),
+            "daemon-reload",
+            "dump a.service",
+            "dump b.service",
+            "kexec",
+        ]
+    );
+    let manifest =
+        crate::manifest::Manifest::read_from(&plan.transaction_dir).expect("manifest written");
+    assert_eq!(manifest.units.len(), 2);
+    assert_eq!(manifest.target_kernel, "6.12.57+deb13-amd64");
+    assert_eq!(manifest.units[0].journal_socket_inodes, vec![4607]);
+    let rules = std::fs::read_to_string(
+        plan.transaction_dir
+            .join("unit-b.service")
+            .join(HOLD_RULES_FILE),
+    )
+    .expect("rules");
+    assert!(
+        rules.contains("table inet CRIU-1"),
+        "only b's own lock table: {rules}"
+    );
+    assert!(!rules.contains("CRIU-0"), "{rules}");
+}
+
+#[test]
+fn failed_kernel_load_freezes_nothing() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let platform = FakePlatform::failing(&["load-kernel"]);
+    let plan = plan_for(tmp.path(), &platform, &["a.service"]);
+    let (_, mut progress) = steps();
+    let err = run(&platform, &plan, &mut progress).expect_err("fails");
+    assert_eq!(platform.calls(), vec!["load-kernel"]);
+    assert!(err.rollback_errors.is_empty());
+    assert!(
+        format!("{err}").contains("injected failure: load-kernel"),
+        "{err}"
+    );
+}
+
+#[test]
+fn failed_second_checkpoint_restores_the_first_in_place_and_unloads() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let platform = FakePlatform::failing(&["dump b.service"]);
+    let plan = plan_for(tmp.path(), &platform, &["a.service", "b.service"]);
+    let (_, mut progress) = steps();
+    let err = run(&platform, &plan, &mut progress).expect_err("fails");
+    let calls = platform.calls();
+    let after_failure: Vec<&str> = calls
+        .iter()
+        .skip_while(|c| *c != "dump b.service")
+        .skip(1)
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        after_failure,
+        vec![
+            &format!("dropin+ a.service {RESTORE_DROPIN}") as &str,
+            &format!("dropin- a.service {HOLD_DROPIN}"),
+            "daemon-reload",
+            "start a.service",
+            &format!("dropin- a.service {RESTORE_DROPIN}"),
+            "daemon-reload",
+            &format!("dropin- nftables.service {HOLD_DROPIN}"),
+            &format!("dropin- b.service {HOLD_DROPIN}"),
+            &format!("dropin- a.service {HOLD_DROPIN}"),
+            "unload-kernel",
+            "daemon-reload",
+        ]
+    );
+    assert!(!calls.contains(&"kexec".to_string()));
+    assert!(err.rollback_errors.is_empty(), "{err}");
+    let text = format!("{err}");
+    assert!(text.contains("checkpoint of b.service failed"), "{text}");
+    assert!(text.contains("everything was undone"), "{text}");
+    assert!(!plan.transaction_dir.exists(), "nothing left behind");
+}
+
+#[test]
+fn failed_handover_restores_every_unit() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let platform = FakePlatform::failing(&["kexec"]);
+    let plan = plan_for(tmp.path(), &platform, &["a.service", "b.service"]);
+    let (_, mut progress) = steps();
+    run(&platform, &plan, &mut progress).expect_err("fails");
+    let calls = platform.calls();
+    let starts: Vec<&String> = calls.iter().filter(|c| c.starts_with("start ")).collect();
+    assert_eq!(
+        starts,
+        vec!["start b.service", "start a.service"],
+        "reverse order"
+    );
+    assert!(calls.contains(&"unload-kernel".to_string()));
+}
+
+#[test]
+fn a_unit_that_cannot_come_back_is_reported_and_its_snapshot_kept() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let platform = FakePlatform::failing(&["dump b.service", "start a.service"]);
+    let plan = plan_for(tmp.path(), &platform, &["a.service", "b.service"]);
+    let (_, mut progress) = steps();
+    let err = run(&platform, &plan, &mut progress).expect_err("fails");
+    assert_eq!(err.rollback_errors.len(), 1, "{err}");
+    let text = format!("{err}");
+    assert!(text.contains("undoing it failed"), "{text}");
+    assert!(
+        text.contains("a.service could not be restored in place"),
+        "{text}"
+    );
+    assert!(
+        plan.transaction_dir
+            .join("unit-a.service")
+            .join(UNIT_SNAPSHOT_FILE)
+            .exists(),
+        "the only copy of a.service's state is kept"
+    );
+    // The rest was still undone.
+    assert!(platform.calls().contains(&"unload-kernel".to_string()));
+}
+
+#[test]
+fn restore_dropin_makes_the_unit_adopt_the_restored_pid() {
+    let text = restore_dropin(
+        Path::new("/usr/bin/seamless-reboot"),
+        Path::new("/var/lib/seamless-reboot/images/t1/unit-a.service"),
+        "a.service",
+        Some("seamless-reboot-hold.service"),
+    );
+    assert!(text.contains("Type=forking\n"), "{text}");
+    assert!(
+        text.contains("PIDFile=/run/seamless-reboot/a.service.pid\n"),
+        "{text}"
+    );
+    assert!(text.contains("ExecStart=\nExecStart=/usr/bin/seamless-reboot restore-unit /var/lib/seamless-reboot/images/t1/unit-a.service a.service\n"), "{text}");
+    assert!(
+        text.contains("After=seamless-reboot-hold.service\n"),
+        "{text}"
+    );
+}

@@ -1,0 +1,336 @@
+//! `seamless-reboot`: the operator's command, and, by the name it is called
+//! under, the next boot's systemd generator.
+//!
+//! A thin layer over `seamless-reboot-core`: it parses arguments, loads the
+//! configuration and reports; the transaction and the next-boot logic live
+//! in the library. Until the D-Bus daemon exists, the command runs the
+//! transaction itself and so must run as root.
+//!
+//! Internal commands, run by the units the generator writes:
+//! `hold TRANSACTION_DIR` and `restore-unit SNAPSHOT_DIR UNIT`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use seamless_reboot_config::Config;
+use seamless_reboot_core::manifest::{read_boot_id, read_kernel_release, read_outcomes};
+use seamless_reboot_core::nextboot::{self, RestoreSettings};
+use seamless_reboot_core::platform::LinuxPlatform;
+use seamless_reboot_core::transaction::{self, UpdateRequest};
+
+const USAGE: &str = "usage:
+  seamless-reboot --kernel PATH [--initrd PATH] [--append ARG]... [--unit UNIT]... [--check] [--yes]
+      checkpoint the units (default: those in the configuration) with their TCP
+      connections, kexec into the kernel, restore them in the next boot.
+      --check only plans and prints the problems; --yes skips the confirmation.
+  seamless-reboot status [--json]
+      what the last update did to each unit.";
+
+fn main() -> ExitCode {
+    let mut args = std::env::args();
+    let argv0 = args.next().unwrap_or_default();
+    let rest: Vec<String> = args.collect();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .without_time()
+        .init();
+    let result = if Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().ends_with("-generator"))
+    {
+        generator(&rest)
+    } else {
+        dispatch(&rest)
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("seamless-reboot: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(args: &[String]) -> Result<ExitCode> {
+    match args.first().map(String::as_str) {
+        Some("status") => status(&args[1..]),
+        Some("hold") => {
+            let [dir] = &args[1..] else {
+                bail!("usage: seamless-reboot hold TRANSACTION_DIR")
+            };
+            nextboot::hold(Path::new(dir), &read_boot_id(Path::new("/"))?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("restore-unit") => {
+            let [dir, unit] = &args[1..] else {
+                bail!("usage: seamless-reboot restore-unit SNAPSHOT_DIR UNIT")
+            };
+            let config = Config::load()?.config;
+            let settings = RestoreSettings {
+                disable_window_scaling: config.network.disable_window_scaling_during_restore,
+                criu_timeout: config.timeouts.restore(),
+            };
+            nextboot::restore_unit(Path::new(dir), unit, &settings)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("-h" | "--help" | "help") => {
+            println!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(_) => update(args),
+        None => {
+            eprintln!("{USAGE}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+/// Parsed `--kernel ...` arguments.
+#[derive(Debug, Default)]
+struct UpdateArgs {
+    request: UpdateRequest,
+    check: bool,
+    yes: bool,
+}
+
+fn parse_update_args(args: &[String]) -> Result<UpdateArgs> {
+    let mut parsed = UpdateArgs::default();
+    let mut kernel = None;
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{name} needs a value"))
+        };
+        match arg.as_str() {
+            "--kernel" => kernel = Some(PathBuf::from(value("--kernel")?)),
+            "--initrd" => parsed.request.initrd = Some(PathBuf::from(value("--initrd")?)),
+            "--append" => parsed.request.append.push(value("--append")?),
+            "--unit" => parsed.request.units.push(value("--unit")?),
+            "--check" => parsed.check = true,
+            "--yes" | "-y" => parsed.yes = true,
+            other => bail!("unknown argument `{other}`\n{USAGE}"),
+        }
+    }
+    parsed.request.kernel = kernel.context("--kernel PATH is required")?;
+    Ok(parsed)
+}
+
+fn update(args: &[String]) -> Result<ExitCode> {
+    let mut parsed = parse_update_args(args)?;
+    let loaded = Config::load()?;
+    let config = loaded.config;
+    if parsed.request.units.is_empty() {
+        parsed.request.units = config.units.clone();
+    }
+    parsed
+        .request
+        .append
+        .extend(config.kernel.append.iter().cloned());
+    let platform = LinuxPlatform::new(config.timeouts.checkpoint());
+    let binary = std::env::current_exe().context("cannot find this program's path")?;
+    let plan = match transaction::plan(&platform, &parsed.request, &config.image_dir, &binary) {
+        Ok(plan) => plan,
+        Err(problems) => {
+            eprintln!("seamless-reboot: cannot update:");
+            for problem in &problems {
+                eprintln!("  - {problem}");
+            }
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    println!(
+        "kernel   {} -> {}",
+        plan.source_kernel,
+        plan.kernel.release()
+    );
+    println!("cmdline  {}", plan.cmdline);
+    for unit in &plan.units {
+        println!(
+            "unit     {}: pid {}, {} processes, {} established TCP connections",
+            unit.status.unit,
+            unit.status.main_pid,
+            unit.inventory.pids.len(),
+            unit.inventory.established.len()
+        );
+    }
+    if parsed.check {
+        println!("check: no problems found");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !parsed.yes {
+        bail!("this replaces the running kernel; repeat with --yes to go ahead");
+    }
+    let mut progress = |step: &str| println!("... {step}");
+    match transaction::run(&platform, &plan, &mut progress) {
+        Ok(done) => {
+            for unit in done {
+                println!(
+                    "checkpointed {}: frozen {} ms, {} connections",
+                    unit.unit,
+                    unit.frozen.as_millis(),
+                    unit.connections
+                );
+            }
+            println!(
+                "handed over to systemd: the machine now kexecs into {}",
+                plan.kernel.release()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("seamless-reboot: update failed: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn status(args: &[String]) -> Result<ExitCode> {
+    let json = match args {
+        [] => false,
+        [flag] if flag == "--json" => true,
+        _ => bail!("usage: seamless-reboot status [--json]"),
+    };
+    let config = Config::load()?.config;
+    let Some(dir) = latest_transaction(&config.image_dir)? else {
+        println!("no update has run");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let outcomes = read_outcomes(&dir)?;
+    if json {
+        let units: Vec<serde_json::Value> = outcomes
+            .iter()
+            .map(|o| {
+                serde_json::json!({
+                    "unit": o.unit,
+                    "outcome": o.outcome.as_str(),
+                    "detail": o.detail,
+                    "duration_ms": o.duration_ms,
+                    "downtime_ms": o.downtime_ms,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "transaction_dir": dir.display().to_string(), "units": units })
+        );
+    } else {
+        println!("last update: {}", dir.display());
+        for o in &outcomes {
+            println!(
+                "  {}: {} ({} ms in this boot, blackout {}) {}",
+                o.unit,
+                o.outcome.as_str(),
+                o.duration_ms,
+                o.downtime_ms
+                    .map(|d| format!("{d} ms"))
+                    .unwrap_or_else(|| "unknown".into()),
+                o.detail
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The most recent transaction directory (ids start with the time in ms).
+fn latest_transaction(image_dir: &Path) -> Result<Option<PathBuf>> {
+    let Ok(entries) = std::fs::read_dir(image_dir) else {
+        return Ok(None);
+    };
+    let mut dirs: Vec<(u128, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let millis = name.strip_prefix('t')?.split('-').next()?.parse().ok()?;
+            Some((millis, e.path()))
+        })
+        .collect();
+    dirs.sort();
+    Ok(dirs.pop().map(|(_, path)| path))
+}
+
+/// systemd generator: `seamless-reboot-generator NORMAL_DIR [EARLY_DIR LATE_DIR]`.
+fn generator(args: &[String]) -> Result<ExitCode> {
+    let out = args
+        .first()
+        .context("a generator is called with its output directories")?;
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let root = Path::new("/");
+    let config = Config::load()?.config;
+    let decision = nextboot::decide(
+        &cmdline,
+        &config.image_dir,
+        &read_boot_id(root)?,
+        &read_kernel_release(root)?,
+    );
+    if let nextboot::Decision::Refused(why) = &decision {
+        eprintln!("seamless-reboot-generator: not restoring: {why}");
+    }
+    let binary = PathBuf::from("/usr/bin/seamless-reboot");
+    nextboot::write_generated(Path::new(out), &decision, &binary)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_string()).collect()
+    }
+
+    #[test]
+    fn parses_update_arguments() {
+        let parsed = parse_update_args(&strings(&[
+            "--kernel",
+            "/boot/vmlinuz-x",
+            "--unit",
+            "a.service",
+            "--unit",
+            "b.service",
+            "--append",
+            "quiet",
+            "--check",
+        ]))
+        .expect("parses");
+        assert_eq!(parsed.request.kernel, PathBuf::from("/boot/vmlinuz-x"));
+        assert_eq!(parsed.request.units, strings(&["a.service", "b.service"]));
+        assert_eq!(parsed.request.append, strings(&["quiet"]));
+        assert!(parsed.check);
+        assert!(!parsed.yes);
+    }
+
+    #[test]
+    fn rejects_bad_update_arguments() {
+        let err = parse_update_args(&strings(&["--unit", "a.service"])).expect_err("no kernel");
+        assert!(format!("{err}").contains("--kernel PATH is required"));
+        let err = parse_update_args(&strings(&["--kernel"])).expect_err("no value");
+        assert!(format!("{err}").contains("--kernel needs a value"));
+        let err =
+            parse_update_args(&strings(&["--kernel", "k", "--frobnicate"])).expect_err("unknown");
+        assert!(format!("{err}").contains("unknown argument `--frobnicate`"));
+    }
+
+    #[test]
+    fn latest_transaction_is_by_time() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        for name in ["t1000-5", "t3000-1", "t2000-9", "not-a-transaction"] {
+            std::fs::create_dir(tmp.path().join(name)).expect("mkdir");
+        }
+        let latest = latest_transaction(tmp.path())
+            .expect("reads")
+            .expect("found");
+        assert!(latest.ends_with("t3000-1"));
+        assert_eq!(
+            latest_transaction(&tmp.path().join("missing")).expect("ok"),
+            None
+        );
+    }
+}
