@@ -61,14 +61,8 @@ case "${1:-}" in
     cargo clippy --workspace --all-targets --locked -- -D warnings
     build
     cargo test --workspace --locked
-    # The VM tests: real QEMU guests, one at a time (2 cores). The seamless
-    # update scenario is still being made reliable; it runs only when asked
-    # (SEAMLESS_LAB_WIP=1) until it passes here every time.
-    if [ "${SEAMLESS_LAB_WIP:-0}" = 1 ]; then
-      cargo test --workspace --locked -- --ignored --test-threads=1
-    else
-      cargo test --workspace --locked -- --ignored --test-threads=1 --skip seamless_update
-    fi
+    # The VM tests: real QEMU guests, one at a time (2 cores).
+    cargo test --workspace --locked -- --ignored --test-threads=1
     ;;
   *)
     echo "usage: ./run.sh demo|test" >&2

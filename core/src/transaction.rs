@@ -373,18 +373,11 @@ fn rollback(platform: &dyn Platform, plan: &Plan, undo: Vec<Undo>) -> Vec<anyhow
                 restore_in_place(platform, plan, unit, snapshot_dir)
             }
             Undo::RemoveDir(dir) => {
-                // Keep the snapshot if a unit could not be brought back:
-                // it is the only copy of that unit's state.
+                // Keep the snapshot if a unit could not be brought back: it
+                // is the only copy of that unit's state. Otherwise drop the
+                // images but keep CRIU's logs, which the error points to.
                 if errors.is_empty() {
-                    fs::remove_dir_all(dir)
-                        .or_else(|e| {
-                            if e.kind() == std::io::ErrorKind::NotFound {
-                                Ok(())
-                            } else {
-                                Err(e)
-                            }
-                        })
-                        .with_context(|| format!("cannot remove {}", dir.display()))
+                    remove_all_but_logs(dir)
                 } else {
                     Ok(())
                 }
@@ -458,6 +451,27 @@ pub fn restore_dropin(
 /// Where the restore helper writes the restored main pid for systemd.
 pub fn pid_file(unit: &str) -> PathBuf {
     PathBuf::from(format!("/run/seamless-reboot/{unit}.pid"))
+}
+
+/// Removes every file under `dir` except CRIU's `*.log` files, and the
+/// directories left empty.
+fn remove_all_but_logs(dir: &Path) -> Result<()> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list {}", dir.display())),
+    };
+    for entry in entries {
+        let path = entry?.path();
+        if path.is_dir() {
+            remove_all_but_logs(&path)?;
+        } else if path.extension().is_none_or(|e| e != "log") {
+            fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    // Fails while logs remain in it, which is what we want.
+    let _ = fs::remove_dir(dir);
+    Ok(())
 }
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -18,6 +18,8 @@ use crate::process::run;
 
 /// The lab's test service unit, installed as an operator's unit would be.
 pub const LAB_SERVICE_UNIT: &str = include_str!("../guest/lab-service.service");
+/// A second test unit whose checkpoint fails (see the unit file).
+pub const LAB_BLOCKER_UNIT: &str = include_str!("../guest/lab-blocker.service");
 /// Where the test service binary lives in the guest.
 pub const LAB_SERVICE_BIN: &str = "/usr/local/lib/seamless-lab/lab-service";
 
@@ -101,6 +103,11 @@ impl Layer {
         self.add_bytes(
             "/etc/systemd/system/lab-service.service",
             LAB_SERVICE_UNIT.as_bytes(),
+            0o644,
+        )?;
+        self.add_bytes(
+            "/etc/systemd/system/lab-blocker.service",
+            LAB_BLOCKER_UNIT.as_bytes(),
             0o644,
         )?;
         Ok(self)

@@ -172,6 +172,21 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// The scenarios' clients: `lines`, a numbered line every 50 ms, and
+    /// `bulk`, a 256 MiB echoed stream at 1 MiB/s (so it spans the update);
+    /// returns once the service has counted 20 more lines than `total_before`.
+    pub fn start_standard_clients(&mut self, total_before: u64) -> Result<()> {
+        self.start_client("lines", ClientSpec::Lines { interval_ms: 50 })?;
+        self.start_client(
+            "bulk",
+            ClientSpec::Bulk {
+                bytes: 256 << 20,
+                rate: Some(1 << 20),
+            },
+        )?;
+        self.wait_traffic(total_before + 20, Duration::from_secs(60))
+    }
+
     /// Waits until the service has counted at least `lines` lines: traffic flows.
     pub fn wait_traffic(&self, lines: u64, timeout: Duration) -> Result<()> {
         let target = self.service_target()?;
@@ -210,6 +225,21 @@ impl Session<'_> {
         Ok((back, requested))
     }
 
+    /// When `unit` last became active, on the host's clock: the guest says
+    /// how long ago that was on its own monotonic clock, and the host
+    /// subtracts it from the middle of the round trip (error: half of it).
+    pub fn unit_active_since_unix(&self, unit: &str) -> Result<f64> {
+        let sent = now_unix();
+        let out = self.guest().sh(&format!(
+            "cut -d' ' -f1 /proc/uptime; systemctl show -p ActiveEnterTimestampMonotonic --value {unit}"
+        ))?;
+        let middle = (sent + now_unix()) / 2.0;
+        let mut lines = out.lines();
+        let uptime: f64 = lines.next().unwrap_or_default().trim().parse()?;
+        let entered_us: f64 = lines.next().unwrap_or_default().trim().parse()?;
+        Ok(middle - (uptime - entered_us / 1e6))
+    }
+
     /// Stops every client and adds what each measured to the report.
     pub fn stop_clients(&mut self) -> Result<()> {
         for client in self.clients.drain(..) {
@@ -226,8 +256,14 @@ impl Session<'_> {
             self.report.error = Some(format!("{e:#}"));
         }
         // Clients still running (the scenario failed before stopping them)
-        // are ended by their Drop; what they measured is lost with the run.
-        self.clients.clear();
+        // are stopped here, so the report keeps what they measured.
+        for client in std::mem::take(&mut self.clients) {
+            let name = client.name.clone();
+            match client.stop(Duration::from_secs(30)) {
+                Ok(report) => self.report.clients.push(NamedClient { name, report }),
+                Err(e) => eprintln!("lab: client {name}: {e:#}"),
+            }
+        }
         self.report.settle();
         let path = self.vm.run_dir.join("report.json");
         if let Err(e) = self.report.write(&path) {
@@ -261,15 +297,7 @@ pub fn baseline_kexec(lab: &Lab) -> Result<ScenarioReport> {
 fn baseline_steps(session: &mut Session<'_>) -> Result<()> {
     let kernel_b = session.lab.kernel_b().clone();
     let state = session.start_lab_service()?;
-    session.start_client("lines", ClientSpec::Lines { interval_ms: 50 })?;
-    session.start_client(
-        "bulk",
-        ClientSpec::Bulk {
-            bytes: 256 << 20,
-            rate: Some(1 << 20),
-        },
-    )?;
-    session.wait_traffic(state.total + 20, Duration::from_secs(60))?;
+    session.start_standard_clients(state.total)?;
 
     let (back, requested) = session.kexec_with_systemd(&kernel_b)?;
     session.wait_lab_service(Duration::from_secs(120))?;
@@ -338,14 +366,143 @@ pub fn seamless_update(lab: &Lab) -> Result<ScenarioReport> {
     Ok(session.finish(outcome))
 }
 
+/// A unit's `ActiveState` and `MainPID`. (`systemctl show --value` prints
+/// values in its own order, not the order asked for, so keys are parsed.)
 fn unit_main_pid(guest: &Guest, unit: &str) -> Result<(String, i32)> {
-    let out = guest.sh(&format!(
-        "systemctl show -p ActiveState,MainPID --value {unit}"
-    ))?;
-    let mut lines = out.lines();
-    let state = lines.next().unwrap_or_default().to_string();
-    let pid = lines.next().unwrap_or_default().trim().parse().unwrap_or(0);
-    Ok((state, pid))
+    let out = guest.sh(&format!("systemctl show -p ActiveState -p MainPID {unit}"))?;
+    Ok(parse_active_and_pid(&out))
+}
+
+/// The frozen time `seamless-reboot` reports for the checkpoint
+/// (`checkpointed UNIT: frozen N ms, ...`).
+fn frozen_ms(output: &str) -> Option<u64> {
+    output
+        .lines()
+        .find_map(|l| l.split_once(": frozen ")?.1.split(' ').next()?.parse().ok())
+}
+
+fn parse_active_and_pid(show: &str) -> (String, i32) {
+    let mut state = String::new();
+    let mut pid = 0;
+    for line in show.lines() {
+        match line.split_once('=') {
+            Some(("ActiveState", v)) => state = v.trim().to_string(),
+            Some(("MainPID", v)) => pid = v.trim().parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    (state, pid)
+}
+
+/// A failed checkpoint: `seamless-reboot` with two units, the second of
+/// which CRIU cannot checkpoint. Expected: the command fails and says why,
+/// no kexec happens, both units run on the old kernel with their old main
+/// pids, the first unit's connections survive with nothing lost, no kernel
+/// stays loaded, and no drop-in or lock rule is left behind.
+pub fn failed_checkpoint(lab: &Lab) -> Result<ScenarioReport> {
+    let config = VmConfig {
+        forwards: vec![LAB_SERVICE_PORT],
+        ..VmConfig::default()
+    };
+    let mut session = lab.session("failed-checkpoint", config)?;
+    let outcome = failed_checkpoint_steps(&mut session);
+    Ok(session.finish(outcome))
+}
+
+fn failed_checkpoint_steps(session: &mut Session<'_>) -> Result<()> {
+    let kernel_b = session.lab.kernel_b().clone();
+    let state = session.start_lab_service()?;
+    session.guest().sh("systemctl start lab-blocker.service")?;
+    let guest = session.guest().clone();
+    let (_, service_pid) = unit_main_pid(&guest, "lab-service.service")?;
+    let (blocker_state, blocker_pid) = unit_main_pid(&guest, "lab-blocker.service")?;
+    if blocker_state != "active" {
+        anyhow::bail!("lab-blocker.service did not start: {blocker_state}");
+    }
+    session.start_standard_clients(state.total)?;
+    let before = probe_state(&session.lab.bin_dir, &session.service_target()?)?;
+
+    let update = guest.run(
+        &format!(
+            "seamless-reboot --kernel /boot/{} --unit lab-service.service --unit lab-blocker.service --yes",
+            kernel_b.vmlinuz
+        ),
+        Duration::from_secs(300),
+    )?;
+    let output = format!("{}{}", update.stdout, update.stderr);
+    std::fs::write(session.vm.run_dir.join("update.log"), &output)?;
+
+    let target = session.service_target()?;
+    let resumed = poll(
+        "traffic to resume",
+        Duration::from_secs(240),
+        Duration::from_millis(500),
+        || {
+            Ok(
+                (probe_state(&session.lab.bin_dir, &target)?.total > before.total + 100)
+                    .then_some(()),
+            )
+        },
+    );
+    session.stop_clients()?;
+    resumed?;
+
+    let now = guest.boot_info()?;
+    let (service_state, service_pid_after) = unit_main_pid(&guest, "lab-service.service")?;
+    let (blocker_state, blocker_pid_after) = unit_main_pid(&guest, "lab-blocker.service")?;
+    let loaded = guest.sh("cat /sys/kernel/kexec_loaded")?;
+    let leftovers = guest.sh(
+        "ls /run/systemd/system/*.d/50-seamless-reboot-* 2>/dev/null; nft list tables | grep CRIU || true",
+    )?;
+
+    let report = &mut session.report;
+    report.kernel_after = Some(now.kernel.clone());
+    report.boot_id_after = Some(now.boot_id.clone());
+    report.check(
+        "the update failed and said why",
+        !update.status.success()
+            && output.contains("checkpoint of lab-blocker.service failed")
+            && output.contains("everything was undone"),
+        crate::process::tail(&output, 4).trim().to_string(),
+    );
+    report.check(
+        "no kexec: same boot, same kernel",
+        now.boot_id == report.boot_id_before && now.kernel == report.kernel_before,
+        format!("{} on {}", now.boot_id, now.kernel),
+    );
+    report.check(
+        "no kernel left loaded",
+        loaded.trim() == "0",
+        format!("/sys/kernel/kexec_loaded = {}", loaded.trim()),
+    );
+    report.check(
+        "both units running with their old main pids",
+        service_state == "active"
+            && service_pid_after == service_pid
+            && blocker_state == "active"
+            && blocker_pid_after == blocker_pid,
+        format!(
+            "lab-service {service_state} {service_pid} -> {service_pid_after}, lab-blocker {blocker_state} {blocker_pid} -> {blocker_pid_after}"
+        ),
+    );
+    report.check(
+        "no drop-in or lock rule left behind",
+        leftovers.trim().is_empty(),
+        leftovers.trim().to_string(),
+    );
+    for client in report.clients.clone() {
+        let r = &client.report;
+        report.check(
+            &format!("{}: connection survived with nothing lost", client.name),
+            r.broken.is_none() && r.lost == 0 && r.bytes_verified > 0,
+            format!(
+                "verified {} B, lost {}, max gap {:.2} s, broken {:?}",
+                r.bytes_verified, r.lost, r.max_gap_s, r.broken
+            ),
+        );
+        report.timing(&format!("{}_blackout_s", client.name), r.max_gap_s);
+    }
+    Ok(())
 }
 
 fn seamless_steps(session: &mut Session<'_>) -> Result<()> {
@@ -353,19 +510,10 @@ fn seamless_steps(session: &mut Session<'_>) -> Result<()> {
     let unit = "lab-service.service";
     let state = session.start_lab_service()?;
     let (_, pid_before) = unit_main_pid(session.guest(), unit)?;
-    session.start_client("lines", ClientSpec::Lines { interval_ms: 50 })?;
-    session.start_client(
-        "bulk",
-        ClientSpec::Bulk {
-            bytes: 256 << 20,
-            rate: Some(1 << 20),
-        },
-    )?;
-    session.wait_traffic(state.total + 20, Duration::from_secs(60))?;
+    session.start_standard_clients(state.total)?;
     let before_update = probe_state(&session.lab.bin_dir, &session.service_target()?)?;
 
     let old = session.guest().boot_info()?;
-    let requested = Instant::now();
     let update = session.guest().run(
         &format!(
             "seamless-reboot --kernel /boot/{} --unit {unit} --yes",
@@ -385,6 +533,12 @@ fn seamless_steps(session: &mut Session<'_>) -> Result<()> {
             update.stderr
         );
     }
+    if let Some(ms) = frozen_ms(&update.stdout) {
+        session.report.timing("frozen_s", ms as f64 / 1000.0);
+    }
+    // The command returns right after systemd accepted the kexec request.
+    let handed_over = now_unix();
+    let requested = Instant::now();
     let back = session
         .guest()
         .wait_up(KEXEC_TIMEOUT, Some(&old.boot_id))
@@ -396,7 +550,7 @@ fn seamless_steps(session: &mut Session<'_>) -> Result<()> {
         })?;
     session
         .report
-        .timing("kexec_to_ssh_s", requested.elapsed().as_secs_f64());
+        .timing("handover_to_ssh_s", requested.elapsed().as_secs_f64());
     session.report.kernel_after = Some(back.kernel.clone());
     session.report.boot_id_after = Some(back.boot_id.clone());
 
@@ -410,10 +564,10 @@ fn seamless_steps(session: &mut Session<'_>) -> Result<()> {
             Ok((active == "active" && pid > 0).then_some(pid))
         },
     )?;
-    let restored_at = now_unix();
+    let restored_at = session.unit_active_since_unix(unit)?;
     session
         .report
-        .timing("kexec_to_restored_s", requested.elapsed().as_secs_f64());
+        .timing("handover_to_restored_s", restored_at - handed_over);
     // Traffic resumes when the peers retransmit: wait until the line client
     // has had replies again (the service's count grows past its value at the
     // update by more than the lines sent before it).
@@ -491,7 +645,7 @@ fn seamless_steps(session: &mut Session<'_>) -> Result<()> {
             report.timing(&format!("{}_blackout_s", client.name), r.max_gap_s);
             report.timing(
                 &format!("{}_resume_after_restore_s", client.name),
-                (end - restored_at).max(0.0),
+                end - restored_at,
             );
         }
     }
@@ -523,4 +677,28 @@ fn seamless_steps(session: &mut Session<'_>) -> Result<()> {
         format!("{restart:?}; new MainPID {pid_after_restart}"),
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_frozen_time() {
+        let out = "... writing manifest\ncheckpointed lab-service.service: frozen 2242 ms, 2 connections\n";
+        assert_eq!(frozen_ms(out), Some(2242));
+        assert_eq!(frozen_ms("nothing here"), None);
+    }
+
+    #[test]
+    fn parses_state_and_pid_in_any_order() {
+        assert_eq!(
+            parse_active_and_pid("MainPID=551\nActiveState=active\n"),
+            ("active".to_string(), 551)
+        );
+        assert_eq!(
+            parse_active_and_pid("ActiveState=failed\nMainPID=0\n"),
+            ("failed".to_string(), 0)
+        );
+    }
 }

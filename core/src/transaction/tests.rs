@@ -91,6 +91,7 @@ impl Platform for FakePlatform {
         self.record(format!("dump {unit}"))?;
         std::fs::create_dir_all(images_dir)?;
         std::fs::write(images_dir.join("core-1.img"), format!("pid {pid}"))?;
+        std::fs::write(images_dir.join("dump.log"), "criu said things")?;
         let n = self.tables.borrow().len();
         self.tables.borrow_mut().push(format!("CRIU-{n}"));
         Ok(DumpStats {
@@ -146,6 +147,22 @@ fn plan_for(dir: &Path, platform: &FakePlatform, units: &[&str]) -> Plan {
             .collect(),
         restore_binary: PathBuf::from("/usr/bin/seamless-reboot"),
     }
+}
+
+/// Every file under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                files.extend(walk(&path));
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
 }
 
 fn steps() -> (Vec<String>, impl FnMut(&str)) {
@@ -241,7 +258,13 @@ fn failed_second_checkpoint_restores_the_first_in_place_and_unloads() {
     let text = format!("{err}");
     assert!(text.contains("checkpoint of b.service failed"), "{text}");
     assert!(text.contains("everything was undone"), "{text}");
-    assert!(!plan.transaction_dir.exists(), "nothing left behind");
+    let left: Vec<_> = walk(&plan.transaction_dir);
+    assert!(!left.is_empty(), "a.service's dump.log is kept");
+    assert!(
+        left.iter()
+            .all(|p| p.extension().is_some_and(|e| e == "log")),
+        "only CRIU's logs are kept: {left:?}"
+    );
 }
 
 #[test]

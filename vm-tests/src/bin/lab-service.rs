@@ -22,10 +22,13 @@ use seamless_reboot_vm_tests::traffic::{
 };
 
 const USAGE: &str = "\
-usage: lab-service [--listen ADDR]
+usage: lab-service [--listen ADDR] [--hold-unix PATH]
 
 Test service for the seamless-reboot lab (see the traffic module).
-  --listen ADDR   address to listen on (default 0.0.0.0:7777)
+  --listen ADDR      address to listen on (default 0.0.0.0:7777)
+  --hold-unix PATH   keep a connection to the unix stream socket PATH open
+                     (a resource CRIU cannot checkpoint unless told it is
+                     external: the lab's way to make a checkpoint fail)
   -h, --help      show this help
 ";
 
@@ -69,33 +72,44 @@ fn boot_id() -> String {
     proc_token("/proc/sys/kernel/random/boot_id")
 }
 
-fn parse_args() -> Result<Option<String>, String> {
-    let mut listen = DEFAULT_LISTEN.to_owned();
+/// Parsed command line.
+#[derive(Debug)]
+struct Args {
+    listen: String,
+    hold_unix: Option<String>,
+}
+
+fn parse_args() -> Result<Option<Args>, String> {
+    let mut parsed = Args {
+        listen: DEFAULT_LISTEN.to_owned(),
+        hold_unix: None,
+    };
     let mut args = std::env::args_os().skip(1);
     while let Some(arg) = args.next() {
         let arg = arg
             .into_string()
             .map_err(|a| format!("argument {a:?} is not UTF-8"))?;
+        let mut value = |name: &str| {
+            args.next()
+                .and_then(|v| v.into_string().ok())
+                .ok_or(format!("{name} needs a value"))
+        };
         match arg.as_str() {
             "-h" | "--help" => return Ok(None),
-            "--listen" => {
-                listen = args
-                    .next()
-                    .and_then(|v| v.into_string().ok())
-                    .ok_or("--listen needs an address")?;
-            }
+            "--listen" => parsed.listen = value("--listen")?,
+            "--hold-unix" => parsed.hold_unix = Some(value("--hold-unix")?),
             other => match other.strip_prefix("--listen=") {
-                Some(v) => listen = v.to_owned(),
+                Some(v) => parsed.listen = v.to_owned(),
                 None => return Err(format!("unknown argument {other:?}")),
             },
         }
     }
-    Ok(Some(listen))
+    Ok(Some(parsed))
 }
 
 fn main() -> ExitCode {
-    let listen = match parse_args() {
-        Ok(Some(listen)) => listen,
+    let args = match parse_args() {
+        Ok(Some(args)) => args,
         Ok(None) => {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -104,6 +118,21 @@ fn main() -> ExitCode {
             eprintln!("lab-service: {e}\n{USAGE}");
             return ExitCode::from(2);
         }
+    };
+    let listen = args.listen;
+    // Held for the life of the process, on purpose.
+    let _held = match &args.hold_unix {
+        Some(path) => match std::os::unix::net::UnixStream::connect(path) {
+            Ok(stream) => {
+                log(&format!("lab-service: holding a connection to {path}"));
+                Some(stream)
+            }
+            Err(e) => {
+                log(&format!("lab-service: cannot connect to {path}: {e}"));
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
     };
     let listener = match TcpListener::bind(&listen) {
         Ok(l) => l,

@@ -6,14 +6,20 @@ use std::process::ExitCode;
 use anyhow::Result;
 use seamless_reboot_vm_tests::image::{default_cache_root, ensure_base_image};
 use seamless_reboot_vm_tests::recipe::Recipe;
-use seamless_reboot_vm_tests::scenario::{LAB_SERVICE_PORT, Lab, baseline_kexec};
+use seamless_reboot_vm_tests::report::ScenarioReport;
+use seamless_reboot_vm_tests::scenario::{
+    LAB_SERVICE_PORT, Lab, baseline_kexec, failed_checkpoint, seamless_update,
+};
 use seamless_reboot_vm_tests::vm::VmConfig;
 
 const USAGE: &str = "usage: seamless-lab <command>
 commands:
   image      build the guest image if the cache has none, verify it, print what it holds
   baseline   boot kernel A, connect clients, `systemctl kexec` into kernel B (connections break)
-  demo       the main job: currently the baseline scenario
+  seamless   the same with `seamless-reboot --kernel B`: connections and state survive
+  failed-checkpoint
+             seamless-reboot with a second unit CRIU cannot checkpoint: nothing changes
+  demo       the main job: the seamless scenario
   boot       boot a guest with the lab service running and keep it until Enter or end of input,
              printing how to reach it (for working by hand)";
 
@@ -26,7 +32,9 @@ fn main() -> ExitCode {
         .as_slice()
     {
         ["image"] => image(),
-        ["baseline"] | ["demo"] => scenario(),
+        ["baseline"] => scenario(baseline_kexec),
+        ["seamless"] | ["demo"] => scenario(seamless_update),
+        ["failed-checkpoint"] => scenario(failed_checkpoint),
         ["boot"] => boot(),
         ["-h"] | ["--help"] | ["help"] => {
             println!("{USAGE}");
@@ -63,10 +71,10 @@ fn image() -> Result<bool> {
     Ok(true)
 }
 
-fn scenario() -> Result<bool> {
+fn scenario(run: fn(&Lab) -> Result<ScenarioReport>) -> Result<bool> {
     let lab = Lab::open(Recipe::default())?;
     // The session prints the summary itself, on stderr, as every scenario does.
-    let report = baseline_kexec(&lab)?;
+    let report = run(&lab)?;
     Ok(report.passed)
 }
 
