@@ -137,12 +137,7 @@ pub fn write_generated(out_dir: &Path, decision: &Decision, binary: &Path) -> Re
         transaction_dir.display()
     );
     fs::write(out_dir.join(HOLD_UNIT), hold)?;
-    link_wants(
-        out_dir,
-        "sysinit.target",
-        &out_dir.join(HOLD_UNIT),
-        HOLD_UNIT,
-    )?;
+    link_wants(out_dir, "sysinit.target", HOLD_UNIT)?;
     for unit in units {
         let dropin_dir = out_dir.join(format!("{unit}.d"));
         fs::create_dir_all(&dropin_dir)?;
@@ -151,18 +146,19 @@ pub fn write_generated(out_dir: &Path, decision: &Decision, binary: &Path) -> Re
             dropin_dir.join(GENERATED_DROPIN),
             restore_dropin(binary, &snapshot_dir, unit, Some(HOLD_UNIT)),
         )?;
-        link_wants(out_dir, "multi-user.target", Path::new("/dev/null"), unit)?;
+        link_wants(out_dir, "multi-user.target", unit)?;
     }
     Ok(())
 }
 
-fn link_wants(out_dir: &Path, target: &str, unit_path: &Path, unit: &str) -> Result<()> {
+/// Makes `target` want `unit` in this boot. systemd takes the unit's name
+/// from the link's name and finds the unit by that name, so the link points
+/// to where a generated unit would be (`../NAME`) whether or not it is one.
+fn link_wants(out_dir: &Path, target: &str, unit: &str) -> Result<()> {
     let wants = out_dir.join(format!("{target}.wants"));
     fs::create_dir_all(&wants)?;
     let link = wants.join(unit);
     if link.symlink_metadata().is_err() {
-        // systemd reads the name of a .wants link; the unit is found by name.
-        let _ = unit_path;
         symlink(format!("../{unit}"), &link)
             .with_context(|| format!("cannot link {}", link.display()))?;
     }
@@ -438,4 +434,200 @@ fn record(
         },
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{FORMAT_VERSION, UnitSnapshot};
+
+    const BOOT_A: &str = "11111111-1111-1111-1111-111111111111";
+    const BOOT_B: &str = "22222222-2222-2222-2222-222222222222";
+    const TARGET: &str = "6.12.95+deb12-amd64";
+
+    /// A transaction directory with a valid manifest for one unit.
+    fn transaction(root: &Path, id: &str, units: &[&str]) -> PathBuf {
+        let dir = root.join(id);
+        let snapshots = units
+            .iter()
+            .map(|unit| {
+                let images = dir.join(unit_dir_name(unit)).join("images");
+                fs::create_dir_all(&images).expect("mkdir");
+                fs::write(images.join("core-1.img"), "image").expect("write");
+                UnitSnapshot {
+                    unit: (*unit).to_string(),
+                    images_dir: format!("{}/images", unit_dir_name(unit)),
+                    main_pid: 550,
+                    pids: vec![550],
+                    exec_start: vec!["/bin/true".into()],
+                    connections: vec![],
+                    journal_socket_inodes: vec![],
+                    frozen_ms: 1,
+                    images: crate::manifest::compute_digests(&images).expect("digests"),
+                }
+            })
+            .collect();
+        Manifest {
+            format_version: FORMAT_VERSION,
+            transaction_id: id.into(),
+            created_unix: 1,
+            source_boot_id: BOOT_A.into(),
+            source_kernel: "6.12.117+deb13-amd64".into(),
+            target_kernel: TARGET.into(),
+            units: snapshots,
+        }
+        .write_in(&dir)
+        .expect("manifest");
+        dir
+    }
+
+    fn cmdline(id: &str) -> String {
+        format!("root=/dev/vda rw seamless_reboot.transaction={id}")
+    }
+
+    #[test]
+    fn an_ordinary_boot_restores_nothing() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        transaction(tmp.path(), "t1-1", &["a.service"]);
+        assert_eq!(
+            decide("root=/dev/vda rw", tmp.path(), BOOT_B, TARGET),
+            Decision::NoMarker
+        );
+    }
+
+    #[test]
+    fn the_named_transition_restores_its_units() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = transaction(tmp.path(), "t1-1", &["a.service", "b.service"]);
+        assert_eq!(
+            decide(&cmdline("t1-1"), tmp.path(), BOOT_B, TARGET),
+            Decision::Restore {
+                transaction_dir: dir,
+                units: vec!["a.service".into(), "b.service".into()],
+            }
+        );
+    }
+
+    #[test]
+    fn wrong_kernel_same_boot_missing_or_corrupt_snapshots_are_refused() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = transaction(tmp.path(), "t1-1", &["a.service"]);
+        let refused = |d: Decision| match d {
+            Decision::Refused(why) => why,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        let why = refused(decide(
+            &cmdline("t1-1"),
+            tmp.path(),
+            BOOT_B,
+            "6.12.117+deb13-amd64",
+        ));
+        assert!(why.contains(TARGET), "{why}");
+        refused(decide(&cmdline("t1-1"), tmp.path(), BOOT_A, TARGET));
+        refused(decide(&cmdline("t9-9"), tmp.path(), BOOT_B, TARGET));
+        let manifest = dir.join(crate::manifest::MANIFEST_FILE);
+        let mut bytes = fs::read(&manifest).expect("read");
+        let last = bytes.len() - 2;
+        bytes[last] ^= 1;
+        fs::write(&manifest, bytes).expect("write");
+        let why = refused(decide(&cmdline("t1-1"), tmp.path(), BOOT_B, TARGET));
+        assert!(why.contains("checksum"), "{why}");
+    }
+
+    #[test]
+    fn a_snapshot_claimed_by_another_boot_never_restores_again() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = transaction(tmp.path(), "t1-1", &["a.service"]);
+        claim(&dir, BOOT_B).expect("first claim");
+        // The claiming boot itself still restores (e.g. a daemon-reload).
+        assert!(matches!(
+            decide(&cmdline("t1-1"), tmp.path(), BOOT_B, TARGET),
+            Decision::Restore { .. }
+        ));
+        let later = "33333333-3333-3333-3333-333333333333";
+        assert!(matches!(
+            decide(&cmdline("t1-1"), tmp.path(), later, TARGET),
+            Decision::Refused(why) if why.contains("already consumed")
+        ));
+    }
+
+    #[test]
+    fn units_with_an_outcome_are_not_generated_again() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = transaction(tmp.path(), "t1-1", &["a.service", "b.service"]);
+        write_outcome(
+            &dir,
+            &UnitOutcome {
+                unit: "a.service".into(),
+                outcome: OutcomeKind::Restored,
+                detail: String::new(),
+                recorded_unix: 2,
+                duration_ms: 1,
+                downtime_ms: None,
+            },
+        )
+        .expect("outcome");
+        assert!(matches!(
+            decide(&cmdline("t1-1"), tmp.path(), BOOT_B, TARGET),
+            Decision::Restore { units, .. } if units == vec!["b.service".to_string()]
+        ));
+    }
+
+    #[test]
+    fn generated_files_hold_before_the_network_and_restore_each_unit() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = transaction(tmp.path(), "t1-1", &["a.service"]);
+        let out = tmp.path().join("generator");
+        fs::create_dir_all(&out).expect("mkdir");
+        let decision = decide(&cmdline("t1-1"), tmp.path(), BOOT_B, TARGET);
+        write_generated(&out, &decision, Path::new("/usr/bin/seamless-reboot")).expect("writes");
+        let hold = fs::read_to_string(out.join(HOLD_UNIT)).expect("hold unit");
+        assert!(hold.contains("Before=network-pre.target"), "{hold}");
+        assert!(hold.contains("DefaultDependencies=no"), "{hold}");
+        assert!(
+            hold.contains(&format!(
+                "ExecStart=/usr/bin/seamless-reboot hold {}",
+                dir.display()
+            )),
+            "{hold}"
+        );
+        assert!(
+            out.join("sysinit.target.wants")
+                .join(HOLD_UNIT)
+                .symlink_metadata()
+                .is_ok()
+        );
+        let dropin =
+            fs::read_to_string(out.join("a.service.d").join(GENERATED_DROPIN)).expect("drop-in");
+        assert!(dropin.contains("Type=forking"), "{dropin}");
+        assert!(dropin.contains(&format!("After={HOLD_UNIT}")), "{dropin}");
+        assert!(
+            out.join("multi-user.target.wants/a.service")
+                .symlink_metadata()
+                .is_ok()
+        );
+
+        let empty = tmp.path().join("ordinary");
+        fs::create_dir_all(&empty).expect("mkdir");
+        write_generated(
+            &empty,
+            &Decision::NoMarker,
+            Path::new("/usr/bin/seamless-reboot"),
+        )
+        .expect("writes");
+        assert_eq!(
+            fs::read_dir(&empty).expect("list").count(),
+            0,
+            "an ordinary boot gets nothing"
+        );
+    }
+
+    #[test]
+    fn hold_rule_tables_are_found() {
+        let rules = "table inet CRIU-c05e4813-1efc-452d-83 {\n\tset conns4 {\n\t}\n}\ntable inet CRIU-x {\n}\n";
+        assert_eq!(
+            tables_in_rules(rules),
+            vec!["CRIU-c05e4813-1efc-452d-83", "CRIU-x"]
+        );
+    }
 }
