@@ -47,7 +47,7 @@ impl RunningClient {
         spec: &ClientSpec,
         target: &str,
         log_dir: &Path,
-        wrapper: &[&str],
+        wrapper: &[String],
     ) -> Result<RunningClient> {
         let binary = required_binary(bin_dir, "lab-client")?;
         let mut cmd = match wrapper.split_first() {
@@ -154,10 +154,18 @@ pub fn parse_client_report(stdout: &str) -> Result<ClientReport> {
 }
 
 /// Asks the service at `target` for its state (one short connection).
-pub fn probe_state(bin_dir: &Path, target: &str) -> Result<StateReply> {
+pub fn probe_state(bin_dir: &Path, target: &str, wrapper: &[String]) -> Result<StateReply> {
     let binary = required_binary(bin_dir, "lab-client")?;
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut cmd = Command::new(first);
+            cmd.args(rest).arg(binary);
+            cmd
+        }
+        None => Command::new(binary),
+    };
     let done = run(
-        Command::new(binary).args(["state", "--connect", target, "--connect-timeout-s", "5"]),
+        cmd.args(["state", "--connect", target, "--connect-timeout-s", "5"]),
         Duration::from_secs(20),
     )?
     .ok("lab-client state")?;

@@ -28,6 +28,8 @@ pub struct BootInfo {
 pub struct Guest {
     pub port: u16,
     key: PathBuf,
+    /// Prefix for ssh, e.g. `ip netns exec NS` when QEMU runs in a namespace.
+    wrapper: Vec<String>,
 }
 
 impl Guest {
@@ -35,11 +37,25 @@ impl Guest {
         Guest {
             port,
             key: key.to_path_buf(),
+            wrapper: Vec::new(),
         }
     }
 
+    /// The same guest, reached from inside a namespace (`wrapper` prefix).
+    pub fn with_wrapper(mut self, wrapper: Vec<String>) -> Guest {
+        self.wrapper = wrapper;
+        self
+    }
+
     fn ssh(&self, script: &str) -> Command {
-        let mut cmd = Command::new("ssh");
+        let mut cmd = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut cmd = Command::new(first);
+                cmd.args(rest).arg("ssh");
+                cmd
+            }
+            None => Command::new("ssh"),
+        };
         cmd.args(["-F", "/dev/null", "-i"])
             .arg(&self.key)
             .args([

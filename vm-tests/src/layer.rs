@@ -110,6 +110,16 @@ impl Layer {
             LAB_BLOCKER_UNIT.as_bytes(),
             0o644,
         )?;
+        // The second NIC, present when the guest has a Linux peer.
+        self.add_bytes(
+            "/etc/systemd/network/20-eth1.network",
+            format!(
+                "[Match]\nName=eth1\n\n[Network]\nAddress={}/24\n",
+                crate::netns::GUEST_PEER_ADDR
+            )
+            .as_bytes(),
+            0o644,
+        )?;
         Ok(self)
     }
 

@@ -13,6 +13,7 @@ pub mod guest;
 pub mod image;
 pub mod layer;
 pub mod mirror;
+pub mod netns;
 pub mod process;
 pub mod recipe;
 pub mod report;

@@ -15,6 +15,7 @@ use crate::clients::{ClientSpec, RunningClient, probe_state};
 use crate::guest::{BootInfo, Guest};
 use crate::image::{BaseImage, KernelFiles, default_cache_root, ensure_base_image};
 use crate::layer::{Layer, bin_dir, required_binary};
+use crate::netns::{GUEST_PEER_ADDR, Netns, reap_stale_netns};
 use crate::process::poll;
 use crate::recipe::Recipe;
 use crate::report::{NamedClient, ScenarioReport};
@@ -41,6 +42,7 @@ impl Lab {
         let runs_root = default_runs_root();
         std::fs::create_dir_all(&runs_root)?;
         reap_stale(&runs_root)?;
+        reap_stale_netns();
         let bin_dir = bin_dir()?;
         for name in ["lab-service", "lab-client", "seamless-reboot"] {
             required_binary(&bin_dir, name)?;
@@ -92,6 +94,20 @@ impl Lab {
         })
     }
 
+    /// Boots a guest for scenario `name`, runs `steps` on it and returns
+    /// the settled report (written to the run directory even when a step
+    /// failed; an error here means the guest could not even boot).
+    pub fn run_scenario(
+        &self,
+        name: &str,
+        config: VmConfig,
+        steps: impl FnOnce(&mut Session<'_>) -> Result<()>,
+    ) -> Result<ScenarioReport> {
+        let mut session = self.session(name, config)?;
+        let outcome = steps(&mut session);
+        Ok(session.finish(outcome))
+    }
+
     pub fn kernel_a(&self) -> &KernelFiles {
         &self.image.manifest.kernel_a
     }
@@ -133,6 +149,21 @@ impl Session<'_> {
             .with_lab_service(&self.lab.bin_dir)?
             .with_product(&self.lab.bin_dir)?;
         layer.install(self.guest())?;
+        self.guest().sh("networkctl reload")?;
+        if self.vm.netns.is_some() {
+            let guest = self.guest().clone();
+            poll(
+                "the guest's second NIC",
+                Duration::from_secs(60),
+                Duration::from_millis(500),
+                || {
+                    Ok(guest
+                        .sh("ip -4 -o addr show dev eth1")?
+                        .contains(GUEST_PEER_ADDR)
+                        .then_some(()))
+                },
+            )?;
+        }
         self.guest()
             .sh("systemctl enable --now lab-service.service")?;
         self.wait_lab_service(Duration::from_secs(60))
@@ -140,13 +171,26 @@ impl Session<'_> {
 
     /// Waits until the test service answers a new connection.
     pub fn wait_lab_service(&self, timeout: Duration) -> Result<StateReply> {
-        let target = self.service_target()?;
         poll(
             "the lab service to answer",
             timeout,
             Duration::from_millis(500),
-            || probe_state(&self.lab.bin_dir, &target).map(Some),
+            || self.probe().map(Some),
         )
+    }
+
+    /// Asks the test service for its state over a new connection.
+    pub fn probe(&self) -> Result<StateReply> {
+        probe_state(&self.lab.bin_dir, &self.service_target()?, &self.wrapper())
+    }
+
+    /// The prefix that runs a host command where the guest's QEMU runs.
+    pub fn wrapper(&self) -> Vec<String> {
+        self.vm
+            .netns
+            .as_ref()
+            .map(Netns::wrapper)
+            .unwrap_or_default()
     }
 
     /// host:port where the test service is reached from the host.
@@ -157,16 +201,30 @@ impl Session<'_> {
         ))
     }
 
-    /// Starts a host client against the test service.
+    /// Starts a host client against the test service through QEMU's user
+    /// network (slirp).
     pub fn start_client(&mut self, name: &str, spec: ClientSpec) -> Result<()> {
         let target = self.service_target()?;
+        self.start_client_to(name, spec, &target)
+    }
+
+    /// Starts a client against the test service on the guest's second NIC,
+    /// with the host's own TCP stack as the peer (needs `linux_peer`).
+    pub fn start_linux_peer_client(&mut self, name: &str, spec: ClientSpec) -> Result<()> {
+        if self.vm.netns.is_none() {
+            anyhow::bail!("this guest was booted without a Linux peer");
+        }
+        self.start_client_to(name, spec, &format!("{GUEST_PEER_ADDR}:{LAB_SERVICE_PORT}"))
+    }
+
+    fn start_client_to(&mut self, name: &str, spec: ClientSpec, target: &str) -> Result<()> {
         let client = RunningClient::start(
             &self.lab.bin_dir,
             name,
             &spec,
-            &target,
+            target,
             &self.vm.run_dir,
-            &[],
+            &self.wrapper(),
         )?;
         self.clients.push(client);
         Ok(())
@@ -189,12 +247,11 @@ impl Session<'_> {
 
     /// Waits until the service has counted at least `lines` lines: traffic flows.
     pub fn wait_traffic(&self, lines: u64, timeout: Duration) -> Result<()> {
-        let target = self.service_target()?;
         poll(
             "traffic to flow",
             timeout,
             Duration::from_millis(300),
-            || Ok((probe_state(&self.lab.bin_dir, &target)?.total >= lines).then_some(())),
+            || Ok((self.probe()?.total >= lines).then_some(())),
         )
     }
 
@@ -285,13 +342,15 @@ fn now_unix() -> f64 {
 /// Expected: the guest comes back on B with a new boot id, and every client's
 /// connection broke. This is what seamless-reboot must beat.
 pub fn baseline_kexec(lab: &Lab) -> Result<ScenarioReport> {
-    let config = VmConfig {
+    lab.run_scenario("baseline-kexec", lab_service_config(), baseline_steps)
+}
+
+/// A guest whose test service port is forwarded to the host.
+fn lab_service_config() -> VmConfig {
+    VmConfig {
         forwards: vec![LAB_SERVICE_PORT],
         ..VmConfig::default()
-    };
-    let mut session = lab.session("baseline-kexec", config)?;
-    let outcome = baseline_steps(&mut session);
-    Ok(session.finish(outcome))
+    }
 }
 
 fn baseline_steps(session: &mut Session<'_>) -> Result<()> {
@@ -357,13 +416,27 @@ fn baseline_steps(session: &mut Session<'_>) -> Result<()> {
 /// with the restored process as its main pid and logs to the journal, and
 /// `systemctl restart` of it works afterwards.
 pub fn seamless_update(lab: &Lab) -> Result<ScenarioReport> {
+    seamless(lab, false)
+}
+
+/// The same with a Linux TCP stack as a second peer (the host's, in the
+/// lab's namespace, on the guest's second NIC) beside the slirp peer, to
+/// compare how promptly each resumes after the restore.
+pub fn seamless_update_linux_peer(lab: &Lab) -> Result<ScenarioReport> {
+    seamless(lab, true)
+}
+
+fn seamless(lab: &Lab, linux_peer: bool) -> Result<ScenarioReport> {
     let config = VmConfig {
-        forwards: vec![LAB_SERVICE_PORT],
-        ..VmConfig::default()
+        linux_peer,
+        ..lab_service_config()
     };
-    let mut session = lab.session("seamless-update", config)?;
-    let outcome = seamless_steps(&mut session);
-    Ok(session.finish(outcome))
+    let name = if linux_peer {
+        "seamless-update-linux-peer"
+    } else {
+        "seamless-update"
+    };
+    lab.run_scenario(name, config, |session| seamless_steps(session, linux_peer))
 }
 
 /// A unit's `ActiveState` and `MainPID`. (`systemctl show --value` prints
@@ -400,13 +473,11 @@ fn parse_active_and_pid(show: &str) -> (String, i32) {
 /// pids, the first unit's connections survive with nothing lost, no kernel
 /// stays loaded, and no drop-in or lock rule is left behind.
 pub fn failed_checkpoint(lab: &Lab) -> Result<ScenarioReport> {
-    let config = VmConfig {
-        forwards: vec![LAB_SERVICE_PORT],
-        ..VmConfig::default()
-    };
-    let mut session = lab.session("failed-checkpoint", config)?;
-    let outcome = failed_checkpoint_steps(&mut session);
-    Ok(session.finish(outcome))
+    lab.run_scenario(
+        "failed-checkpoint",
+        lab_service_config(),
+        failed_checkpoint_steps,
+    )
 }
 
 fn failed_checkpoint_steps(session: &mut Session<'_>) -> Result<()> {
@@ -420,7 +491,7 @@ fn failed_checkpoint_steps(session: &mut Session<'_>) -> Result<()> {
         anyhow::bail!("lab-blocker.service did not start: {blocker_state}");
     }
     session.start_standard_clients(state.total)?;
-    let before = probe_state(&session.lab.bin_dir, &session.service_target()?)?;
+    let before = session.probe()?;
 
     let update = guest.run(
         &format!(
@@ -432,17 +503,11 @@ fn failed_checkpoint_steps(session: &mut Session<'_>) -> Result<()> {
     let output = format!("{}{}", update.stdout, update.stderr);
     std::fs::write(session.vm.run_dir.join("update.log"), &output)?;
 
-    let target = session.service_target()?;
     let resumed = poll(
         "traffic to resume",
         Duration::from_secs(240),
         Duration::from_millis(500),
-        || {
-            Ok(
-                (probe_state(&session.lab.bin_dir, &target)?.total > before.total + 100)
-                    .then_some(()),
-            )
-        },
+        || Ok((session.probe()?.total > before.total + 100).then_some(())),
     );
     session.stop_clients()?;
     resumed?;
@@ -505,13 +570,26 @@ fn failed_checkpoint_steps(session: &mut Session<'_>) -> Result<()> {
     Ok(())
 }
 
-fn seamless_steps(session: &mut Session<'_>) -> Result<()> {
+fn seamless_steps(session: &mut Session<'_>, linux_peer: bool) -> Result<()> {
     let kernel_b = session.lab.kernel_b().clone();
     let unit = "lab-service.service";
     let state = session.start_lab_service()?;
     let (_, pid_before) = unit_main_pid(session.guest(), unit)?;
-    session.start_standard_clients(state.total)?;
-    let before_update = probe_state(&session.lab.bin_dir, &session.service_target()?)?;
+    if linux_peer {
+        session.start_client("lines", ClientSpec::Lines { interval_ms: 50 })?;
+        session.start_linux_peer_client("peer-lines", ClientSpec::Lines { interval_ms: 50 })?;
+        session.start_linux_peer_client(
+            "peer-bulk",
+            ClientSpec::Bulk {
+                bytes: 256 << 20,
+                rate: Some(1 << 20),
+            },
+        )?;
+        session.wait_traffic(state.total + 40, Duration::from_secs(60))?;
+    } else {
+        session.start_standard_clients(state.total)?;
+    }
+    let before_update = session.probe()?;
 
     let old = session.guest().boot_info()?;
     let update = session.guest().run(
@@ -571,17 +649,11 @@ fn seamless_steps(session: &mut Session<'_>) -> Result<()> {
     // Traffic resumes when the peers retransmit: wait until the line client
     // has had replies again (the service's count grows past its value at the
     // update by more than the lines sent before it).
-    let target = session.service_target()?;
     let resumed = poll(
         "traffic to resume",
         Duration::from_secs(240),
         Duration::from_millis(500),
-        || {
-            Ok(
-                (probe_state(&session.lab.bin_dir, &target)?.total > before_update.total + 100)
-                    .then_some(()),
-            )
-        },
+        || Ok((session.probe()?.total > before_update.total + 100).then_some(())),
     );
     session.stop_clients()?;
     resumed?;

@@ -23,6 +23,7 @@ use nix::unistd::Pid;
 
 use crate::guest::{BootInfo, Guest};
 use crate::image::{BaseImage, KernelFiles};
+use crate::netns::Netns;
 use crate::process::{run, tail, wait_deadline};
 
 /// How long a fresh boot may take to answer ssh under TCG (measured: ~30 s).
@@ -40,6 +41,9 @@ pub struct VmConfig {
     pub forwards: Vec<u16>,
     /// Extra kernel command line arguments for the first boot.
     pub append: String,
+    /// Run QEMU in a namespace of its own with a second guest NIC on a TAP
+    /// there, so a Linux TCP stack can be the peer (see [`crate::netns`]).
+    pub linux_peer: bool,
 }
 
 impl Default for VmConfig {
@@ -49,6 +53,7 @@ impl Default for VmConfig {
             cpus: 2,
             forwards: Vec::new(),
             append: String::new(),
+            linux_peer: false,
         }
     }
 }
@@ -68,6 +73,9 @@ pub struct Vm {
     pub first_boot: BootInfo,
     /// From starting QEMU to the guest answering ssh.
     pub boot_s: f64,
+    /// The namespace QEMU runs in, when it has a Linux peer; dropped (and
+    /// deleted) after QEMU has ended.
+    pub netns: Option<Netns>,
 }
 
 impl Vm {
@@ -91,9 +99,14 @@ impl Vm {
         )?
         .ok("qemu-img create (overlay)")?;
 
+        let mut netns = if config.linux_peer {
+            Some(Netns::create()?)
+        } else {
+            None
+        };
         let mut last_error = None;
         for _attempt in 0..3 {
-            match Self::start(image, kernel, run_dir, &overlay, config) {
+            match Self::start(image, kernel, run_dir, &overlay, config, &mut netns) {
                 Ok(vm) => return Ok(vm),
                 Err(e) => {
                     let text = format!("{e:#}");
@@ -114,6 +127,7 @@ impl Vm {
         run_dir: &Path,
         overlay: &Path,
         config: &VmConfig,
+        netns: &mut Option<Netns>,
     ) -> Result<Vm> {
         let ssh_port = free_port()?;
         let mut forwards = BTreeMap::new();
@@ -127,8 +141,11 @@ impl Vm {
         let append = format!("{BASE_CMDLINE} {}", config.append)
             .trim()
             .to_string();
+        let wrapper = netns.as_ref().map(Netns::wrapper).unwrap_or_default();
         let mut cmd = Command::new("setpriv");
-        cmd.args(["--pdeathsig", "KILL", "--", "qemu-system-x86_64"])
+        cmd.args(["--pdeathsig", "KILL", "--"])
+            .args(&wrapper)
+            .arg("qemu-system-x86_64")
             .args(["-name", "seamless-lab", "-nodefaults", "-no-user-config"])
             // One host thread for all vCPUs: multi-threaded TCG raced with the
             // guest kernel patching its own code (an int3 Oops in the network
@@ -170,6 +187,16 @@ impl Vm {
                 "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56",
             ])
             .args(["-device", "virtio-rng-pci"])
+            .args(if netns.is_some() {
+                vec![
+                    "-netdev",
+                    "tap,id=net1,ifname=tap0,script=no,downscript=no",
+                    "-device",
+                    "virtio-net-pci,netdev=net1,mac=52:54:00:12:34:57",
+                ]
+            } else {
+                vec![]
+            })
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -187,7 +214,7 @@ impl Vm {
         );
         log_stderr(child.stderr.take(), run_dir.join("qemu-stderr.log"));
         let stdin = child.stdin.take();
-        let guest = Guest::new(ssh_port, &image.ssh_key());
+        let guest = Guest::new(ssh_port, &image.ssh_key()).with_wrapper(wrapper);
 
         let mut vm = Vm {
             child,
@@ -202,6 +229,7 @@ impl Vm {
                 kernel: String::new(),
             },
             boot_s: 0.0,
+            netns: None,
         };
         let deadline = started + BOOT_TIMEOUT;
         loop {
@@ -213,6 +241,7 @@ impl Vm {
             if let Ok(info) = vm.guest.boot_info() {
                 vm.first_boot = info;
                 vm.boot_s = started.elapsed().as_secs_f64();
+                vm.netns = netns.take();
                 return Ok(vm);
             }
             if Instant::now() >= deadline {

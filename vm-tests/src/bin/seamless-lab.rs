@@ -9,6 +9,7 @@ use seamless_reboot_vm_tests::recipe::Recipe;
 use seamless_reboot_vm_tests::report::ScenarioReport;
 use seamless_reboot_vm_tests::scenario::{
     LAB_SERVICE_PORT, Lab, baseline_kexec, failed_checkpoint, seamless_update,
+    seamless_update_linux_peer,
 };
 use seamless_reboot_vm_tests::vm::VmConfig;
 
@@ -17,6 +18,8 @@ commands:
   image      build the guest image if the cache has none, verify it, print what it holds
   baseline   boot kernel A, connect clients, `systemctl kexec` into kernel B (connections break)
   seamless   the same with `seamless-reboot --kernel B`: connections and state survive
+  seamless-linux-peer
+             the same with a Linux TCP peer beside the slirp one
   failed-checkpoint
              seamless-reboot with a second unit CRIU cannot checkpoint: nothing changes
   demo       the main job: the seamless scenario
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
         ["image"] => image(),
         ["baseline"] => scenario(baseline_kexec),
         ["seamless"] | ["demo"] => scenario(seamless_update),
+        ["seamless-linux-peer"] => scenario(seamless_update_linux_peer),
         ["failed-checkpoint"] => scenario(failed_checkpoint),
         ["boot"] => boot(),
         ["-h"] | ["--help"] | ["help"] => {
