@@ -18,6 +18,8 @@ declare -A needed=(
   [ssh-keygen]=openssh-client
   [setpriv]=util-linux
   [tar]=tar
+  [dbus-daemon]=dbus-daemon
+  [dbus-send]=dbus-bin
 )
 
 as_root() {

@@ -1,13 +1,16 @@
 //! `seamless-reboot`: the operator's command, and, by the name it is called
 //! under, the next boot's systemd generator.
 //!
-//! A thin layer over `seamless-reboot-core`: it parses arguments, loads the
-//! configuration and reports; the transaction and the next-boot logic live
-//! in the library. Until the D-Bus daemon exists, the command runs the
-//! transaction itself and so must run as root.
+//! A thin layer over the libraries: the update itself runs in the daemon
+//! (`seamless-reboot daemon`, started by D-Bus activation) and the command
+//! asks it over D-Bus, showing each step; the transaction and the next-boot
+//! logic live in `seamless-reboot-core`.
 //!
-//! Internal commands, run by the units the generator writes:
-//! `hold TRANSACTION_DIR` and `restore-unit SNAPSHOT_DIR UNIT`.
+//! Internal commands: `daemon` (run by `seamless-reboot.service`), and, run
+//! by the units the generator writes, `hold TRANSACTION_DIR` and
+//! `restore-unit SNAPSHOT_DIR UNIT`.
+
+mod daemon;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,8 +19,8 @@ use anyhow::{Context, Result, bail};
 use seamless_reboot_config::Config;
 use seamless_reboot_core::manifest::{read_boot_id, read_kernel_release, read_outcomes};
 use seamless_reboot_core::nextboot::{self, RestoreSettings};
-use seamless_reboot_core::platform::LinuxPlatform;
-use seamless_reboot_core::transaction::{self, UpdateRequest};
+use seamless_reboot_core::transaction::UpdateRequest;
+use seamless_reboot_dbus::proxy::Client;
 
 const USAGE: &str = "usage:
   seamless-reboot --kernel PATH [--initrd PATH] [--append ARG]... [--unit UNIT]... [--check] [--yes]
@@ -60,6 +63,13 @@ fn main() -> ExitCode {
 fn dispatch(args: &[String]) -> Result<ExitCode> {
     match args.first().map(String::as_str) {
         Some("status") => status(&args[1..]),
+        Some("daemon") => {
+            let [] = &args[1..] else {
+                bail!("usage: seamless-reboot daemon")
+            };
+            daemon::run_daemon()?;
+            Ok(ExitCode::SUCCESS)
+        }
         Some("hold") => {
             let [dir] = &args[1..] else {
                 bail!("usage: seamless-reboot hold TRANSACTION_DIR")
@@ -124,41 +134,24 @@ fn parse_update_args(args: &[String]) -> Result<UpdateArgs> {
 }
 
 fn update(args: &[String]) -> Result<ExitCode> {
-    let mut parsed = parse_update_args(args)?;
-    let loaded = Config::load()?;
-    let config = loaded.config;
-    if parsed.request.units.is_empty() {
-        parsed.request.units = config.units.clone();
-    }
-    parsed
-        .request
-        .append
-        .extend(config.kernel.append.iter().cloned());
-    let platform = LinuxPlatform::new(config.timeouts.checkpoint());
-    let binary = std::env::current_exe().context("cannot find this program's path")?;
-    let plan = match transaction::plan(&platform, &parsed.request, &config.image_dir, &binary) {
-        Ok(plan) => plan,
-        Err(problems) => {
-            eprintln!("seamless-reboot: cannot update:");
-            for problem in &problems {
-                eprintln!("  - {problem}");
-            }
-            return Ok(ExitCode::FAILURE);
+    let parsed = parse_update_args(args)?;
+    // The daemon applies the configuration (default units, kernel
+    // arguments): send only what was given here.
+    let client = Client::system()?;
+    let checked = client.check(&parsed.request)?;
+    let Some(plan) = checked.plan else {
+        eprintln!("seamless-reboot: cannot update:");
+        for problem in &checked.problems {
+            eprintln!("  - {problem}");
         }
+        return Ok(ExitCode::FAILURE);
     };
-    println!(
-        "kernel   {} -> {}",
-        plan.source_kernel,
-        plan.kernel.release()
-    );
+    println!("kernel   {} -> {}", plan.source_kernel, plan.target_kernel);
     println!("cmdline  {}", plan.cmdline);
     for unit in &plan.units {
         println!(
             "unit     {}: pid {}, {} processes, {} established TCP connections",
-            unit.status.unit,
-            unit.status.main_pid,
-            unit.inventory.pids.len(),
-            unit.inventory.established.len()
+            unit.unit, unit.main_pid, unit.processes, unit.connections
         );
     }
     if parsed.check {
@@ -168,27 +161,15 @@ fn update(args: &[String]) -> Result<ExitCode> {
     if !parsed.yes {
         bail!("this replaces the running kernel; repeat with --yes to go ahead");
     }
-    let mut progress = |step: &str| println!("... {step}");
-    match transaction::run(&platform, &plan, &mut progress) {
-        Ok(done) => {
-            for unit in done {
-                println!(
-                    "checkpointed {}: frozen {} ms, {} connections",
-                    unit.unit,
-                    unit.frozen.as_millis(),
-                    unit.connections
-                );
-            }
-            println!(
-                "handed over to systemd: the machine now kexecs into {}",
-                plan.kernel.release()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            eprintln!("seamless-reboot: update failed: {e}");
-            Ok(ExitCode::FAILURE)
-        }
+    let done = client.start_and_wait(&parsed.request, |step, percent| {
+        println!("... {step} ({percent}%)");
+    })?;
+    if done.success {
+        println!("{}", done.message);
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("seamless-reboot: {}", done.message);
+        Ok(ExitCode::FAILURE)
     }
 }
 

@@ -28,6 +28,30 @@ pub const PRODUCT_BIN: &str = "/usr/bin/seamless-reboot";
 /// The product's systemd generator: the same binary, dispatched by its name.
 pub const PRODUCT_GENERATOR: &str = "/usr/lib/systemd/system-generators/seamless-reboot-generator";
 
+/// The product's unit, D-Bus and polkit files, at their package paths.
+pub const PRODUCT_FILES: &[(&str, &str)] = &[
+    (
+        "/usr/lib/systemd/system/seamless-reboot.service",
+        include_str!("../../units/seamless-reboot.service"),
+    ),
+    (
+        "/usr/share/dbus-1/system-services/org.seamlessreboot.Reboot1.service",
+        include_str!("../../units/dbus-1/system-services/org.seamlessreboot.Reboot1.service"),
+    ),
+    (
+        "/usr/share/dbus-1/system.d/org.seamlessreboot.Reboot1.conf",
+        include_str!("../../units/dbus-1/system.d/org.seamlessreboot.Reboot1.conf"),
+    ),
+    (
+        "/usr/share/polkit-1/actions/org.seamlessreboot.policy",
+        include_str!("../../units/polkit-1/actions/org.seamlessreboot.policy"),
+    ),
+    (
+        "/usr/lib/tmpfiles.d/seamless-reboot.conf",
+        include_str!("../../units/tmpfiles.d/seamless-reboot.conf"),
+    ),
+];
+
 /// A staging directory mirroring the guest's file system.
 #[derive(Debug)]
 pub struct Layer {
@@ -79,6 +103,9 @@ impl Layer {
             0o755,
         )?;
         self.add_symlink(PRODUCT_GENERATOR, PRODUCT_BIN)?;
+        for (dest, contents) in PRODUCT_FILES {
+            self.add_bytes(dest, contents.as_bytes(), 0o644)?;
+        }
         Ok(self)
     }
 
@@ -195,6 +222,33 @@ mod tests {
             0o644
         );
         assert!(layer.add_bytes("relative/path", b"", 0o644).is_err());
+    }
+
+    #[test]
+    fn product_layer_has_the_binary_generator_units_and_policy() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let bin = tmp.path().join("bin");
+        fs::create_dir_all(&bin).expect("mkdir");
+        fs::write(bin.join("seamless-reboot"), b"#!/bin/true\n").expect("write");
+        let stage = tmp.path().join("stage");
+        Layer::new(&stage)
+            .expect("layer")
+            .with_product(&bin)
+            .expect("product");
+        let staged = |p: &str| stage.join(p.trim_start_matches('/'));
+        assert!(staged(PRODUCT_BIN).is_file());
+        assert_eq!(
+            fs::read_link(staged(PRODUCT_GENERATOR)).expect("link"),
+            Path::new(PRODUCT_BIN)
+        );
+        for (dest, contents) in PRODUCT_FILES {
+            assert_eq!(
+                &fs::read_to_string(staged(dest)).expect(dest),
+                contents,
+                "{dest}"
+            );
+        }
+        assert_eq!(PRODUCT_FILES.len(), 5);
     }
 
     #[test]

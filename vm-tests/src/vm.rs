@@ -29,6 +29,9 @@ use crate::process::{run, tail, wait_deadline};
 /// How long a fresh boot may take to answer ssh under TCG (measured: ~30 s).
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 const PID_FILE: &str = "qemu.pid";
+/// The lab process that started a run's QEMU; while it lives, the run is not
+/// a leftover (two lab runs may share a runs directory).
+const OWNER_FILE: &str = "owner.pid";
 /// The kernel command line of the first boot; kexec reuses it.
 pub const BASE_CMDLINE: &str = "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1";
 
@@ -205,6 +208,7 @@ impl Vm {
             .spawn()
             .context("cannot start qemu-system-x86_64 (is qemu-system-x86 installed?)")?;
         fs::write(run_dir.join(PID_FILE), child.id().to_string())?;
+        fs::write(run_dir.join(OWNER_FILE), std::process::id().to_string())?;
         let console = Arc::new(Mutex::new(VecDeque::new()));
         log_console(
             child.stdout.take(),
@@ -296,6 +300,9 @@ pub fn reap_stale(runs_root: &Path) -> Result<usize> {
         return Ok(0);
     };
     for dir in dirs.filter_map(|d| d.ok()) {
+        if owner_alive(&dir.path()) {
+            continue;
+        }
         let pid_file = dir.path().join(PID_FILE);
         let Ok(text) = fs::read_to_string(&pid_file) else {
             continue;
@@ -316,6 +323,19 @@ pub fn reap_stale(runs_root: &Path) -> Result<usize> {
         let _ = fs::remove_file(&overlay);
     }
     Ok(ended)
+}
+
+/// Is the lab process that started the run in `run_dir` still running (and
+/// not this process, whose own earlier runs are over)?
+fn owner_alive(run_dir: &Path) -> bool {
+    let Ok(text) = fs::read_to_string(run_dir.join(OWNER_FILE)) else {
+        return false;
+    };
+    match text.trim().parse::<u32>() {
+        Ok(pid) if pid == std::process::id() => false,
+        Ok(pid) => Path::new(&format!("/proc/{pid}")).exists(),
+        Err(_) => false,
+    }
 }
 
 /// Does a /proc/PID/cmdline belong to a QEMU booting `overlay`?
@@ -415,6 +435,26 @@ mod tests {
         fs::write(run.join(PID_FILE), std::process::id().to_string()).expect("write");
         assert_eq!(reap_stale(tmp.path()).expect("reap"), 0);
         assert!(!run.join(PID_FILE).exists());
+    }
+
+    #[test]
+    fn reap_leaves_runs_of_a_living_lab_process_alone() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let run = tmp.path().join("other-run");
+        fs::create_dir_all(&run).expect("mkdir");
+        let overlay = run.join("overlay.qcow2");
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 30; true", "qemu-system-x86_64"])
+            .arg(format!("file={},if=virtio", overlay.display()))
+            .spawn()
+            .expect("spawn");
+        fs::write(run.join(PID_FILE), child.id().to_string()).expect("write");
+        // The stand-in itself plays the owning lab process: it is alive.
+        fs::write(run.join(OWNER_FILE), child.id().to_string()).expect("write");
+        assert_eq!(reap_stale(tmp.path()).expect("reap"), 0);
+        assert!(run.join(PID_FILE).exists(), "the run is left as it is");
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]

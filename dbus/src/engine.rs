@@ -1,0 +1,425 @@
+//! What the daemon does when asked: plan a transaction, or run one.
+//!
+//! [`Engine`] is the seam between the D-Bus layer and the system. The real
+//! [`LinuxEngine`] wraps `seamless_reboot_core::transaction` with
+//! [`LinuxPlatform`]; [`crate::simulated::SimulatedEngine`] stands in for it
+//! in tests.
+
+use std::path::{Path, PathBuf};
+
+use seamless_reboot_config::Config;
+use seamless_reboot_core::platform::LinuxPlatform;
+use seamless_reboot_core::transaction::{self, Plan, UpdateRequest};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ServiceError;
+use crate::report::{Report, restore_report};
+
+/// The plan of a transaction, as `Check` returns it (JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanSummary {
+    pub transaction_id: String,
+    /// Where the snapshot would be written.
+    pub transaction_dir: String,
+    pub kernel: String,
+    /// The initrd chosen (explicit or found next to the kernel), if any.
+    pub initrd: Option<String>,
+    pub source_kernel: String,
+    pub target_kernel: String,
+    /// The next kernel's full command line.
+    pub cmdline: String,
+    pub units: Vec<PlannedUnitSummary>,
+}
+
+/// One unit of a [`PlanSummary`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedUnitSummary {
+    pub unit: String,
+    pub main_pid: i32,
+    pub processes: usize,
+    pub connections: usize,
+}
+
+impl PlanSummary {
+    /// The summary of a core [`Plan`].
+    pub fn from_plan(plan: &Plan) -> Self {
+        PlanSummary {
+            transaction_id: plan.transaction_id.clone(),
+            transaction_dir: plan.transaction_dir.display().to_string(),
+            kernel: plan.kernel.path().display().to_string(),
+            initrd: plan.initrd.as_ref().map(|i| i.path().display().to_string()),
+            source_kernel: plan.source_kernel.clone(),
+            target_kernel: plan.kernel.release().to_string(),
+            cmdline: plan.cmdline.clone(),
+            units: plan
+                .units
+                .iter()
+                .map(|u| PlannedUnitSummary {
+                    unit: u.status.unit.clone(),
+                    main_pid: u.status.main_pid,
+                    processes: u.inventory.pids.len(),
+                    connections: u.inventory.established.len(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What a transaction that handed over to systemd's kexec did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub transaction_id: String,
+    pub target_kernel: String,
+    pub units: Vec<CheckpointedUnit>,
+}
+
+/// One checkpointed unit of a [`Summary`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointedUnit {
+    pub unit: String,
+    /// How long the unit was frozen by its checkpoint, in milliseconds.
+    pub frozen_ms: u64,
+    /// Its established TCP connections, carried over.
+    pub connections: usize,
+}
+
+/// The progress of a running transaction: what it does now, and a
+/// percentage.
+pub type ProgressFn<'a> = dyn FnMut(&str, i32) + 'a;
+
+/// Plans and runs transactions. Shared between the bus's executor and the
+/// worker thread, hence `Send + Sync`.
+pub trait Engine: Send + Sync {
+    /// Plans without changing anything; every problem found, not just the
+    /// first.
+    fn check(&self, request: &UpdateRequest) -> Result<PlanSummary, Vec<String>>;
+
+    /// Plans and runs the transaction to the kexec hand-over, reporting
+    /// each step. `Ok` means systemd accepted the kexec request; `Err` is
+    /// the failure, including what could not be undone.
+    fn start(
+        &self,
+        request: &UpdateRequest,
+        progress: &mut ProgressFn<'_>,
+    ) -> Result<Summary, String>;
+
+    /// What the restore in this boot recorded for the newest transaction,
+    /// or `None` when there is no transaction to report on.
+    fn restore_report(&self) -> Option<Report>;
+}
+
+/// Turns the step names of `seamless_reboot_core::transaction::run` (and
+/// the engine's own "planning") into a coarse percentage.
+///
+/// | step | % |
+/// | --- | --- |
+/// | planning | 2 |
+/// | loading kernel | 10 |
+/// | guarding units | 20 |
+/// | checkpointing unit i of n | 25 + 60 i / n |
+/// | writing manifest | 88 |
+/// | handing over to systemd kexec | 95 |
+/// | (done) | 100 |
+///
+/// Any other step ("undoing", or a step added later) keeps the last value.
+#[derive(Debug, Clone)]
+pub struct ProgressEstimator {
+    units: usize,
+    checkpointing: usize,
+    last: i32,
+}
+
+impl ProgressEstimator {
+    /// For a transaction over `units` units.
+    pub fn new(units: usize) -> Self {
+        ProgressEstimator {
+            units: units.max(1),
+            checkpointing: 0,
+            last: 0,
+        }
+    }
+
+    /// The percentage at the start of `step`.
+    pub fn step(&mut self, step: &str) -> i32 {
+        let value = match step {
+            "planning" => Some(2),
+            "loading kernel" => Some(10),
+            "guarding units" => Some(20),
+            "writing manifest" => Some(88),
+            "handing over to systemd kexec" => Some(95),
+            s if s.starts_with("checkpointing ") => {
+                let i = self.checkpointing.min(self.units - 1);
+                self.checkpointing += 1;
+                // i < units, so this is below 85 and fits.
+                Some(25 + i32::try_from(60 * i / self.units).unwrap_or(59))
+            }
+            _ => None,
+        };
+        if let Some(value) = value {
+            self.last = value.max(self.last);
+        }
+        self.last
+    }
+}
+
+/// Builds the core's request from the D-Bus arguments: `initrd` empty means
+/// "find it next to the kernel". Paths must be absolute: the daemon's
+/// working directory is not the caller's.
+pub fn request_from_args(
+    kernel: &str,
+    initrd: &str,
+    append: Vec<String>,
+    units: Vec<String>,
+) -> Result<UpdateRequest, ServiceError> {
+    let absolute = |what: &str, path: &str| -> Result<PathBuf, ServiceError> {
+        let p = PathBuf::from(path);
+        if p.is_absolute() {
+            Ok(p)
+        } else {
+            Err(ServiceError::InvalidArgs(format!(
+                "{what} must be an absolute path, got {path:?}"
+            )))
+        }
+    };
+    let kernel = absolute("kernel", kernel)?;
+    let initrd = match initrd {
+        "" => None,
+        path => Some(absolute("initrd", path)?),
+    };
+    if let Some(bad) = append.iter().find(|a| a.is_empty() || a.contains('\0')) {
+        return Err(ServiceError::InvalidArgs(format!(
+            "kernel command line argument {bad:?} is empty or contains NUL"
+        )));
+    }
+    if let Some(bad) = units.iter().find(|u| u.is_empty() || u.contains('/')) {
+        return Err(ServiceError::InvalidArgs(format!(
+            "{bad:?} is not a unit name"
+        )));
+    }
+    Ok(UpdateRequest {
+        kernel,
+        initrd,
+        append,
+        units,
+    })
+}
+
+/// The real engine: the core transaction on the running system, with the
+/// configuration read afresh for every request (so an edit in `/etc` needs
+/// no daemon restart).
+#[derive(Debug, Clone)]
+pub struct LinuxEngine {
+    /// Root under which the configuration is searched (`/` on a system).
+    config_root: PathBuf,
+    /// The `seamless-reboot` binary the restore drop-ins run.
+    restore_binary: PathBuf,
+}
+
+impl LinuxEngine {
+    /// An engine reading the configuration under `/` and naming
+    /// `restore_binary` in the restore drop-ins.
+    pub fn new(restore_binary: PathBuf) -> Self {
+        LinuxEngine {
+            config_root: PathBuf::from("/"),
+            restore_binary,
+        }
+    }
+
+    /// The same, with the configuration searched under another root.
+    pub fn with_config_root(mut self, root: &Path) -> Self {
+        self.config_root = root.to_path_buf();
+        self
+    }
+
+    fn config(&self) -> Result<Config, String> {
+        Config::load_from_root(&self.config_root)
+            .map(|loaded| loaded.config)
+            .map_err(|e| format!("configuration: {e}"))
+    }
+}
+
+/// The request with the configuration's defaults applied, as the command
+/// line applies them: the configured units when none are named, and the
+/// configured kernel arguments after the caller's.
+pub fn with_config_defaults(request: &UpdateRequest, config: &Config) -> UpdateRequest {
+    let mut request = request.clone();
+    if request.units.is_empty() {
+        request.units = config.units.clone();
+    }
+    request.append.extend(config.kernel.append.iter().cloned());
+    request
+}
+
+impl Engine for LinuxEngine {
+    fn check(&self, request: &UpdateRequest) -> Result<PlanSummary, Vec<String>> {
+        let config = self.config().map_err(|e| vec![e])?;
+        let request = with_config_defaults(request, &config);
+        let platform = LinuxPlatform::new(config.timeouts.checkpoint());
+        transaction::plan(&platform, &request, &config.image_dir, &self.restore_binary)
+            .map(|plan| PlanSummary::from_plan(&plan))
+    }
+
+    fn start(
+        &self,
+        request: &UpdateRequest,
+        progress: &mut ProgressFn<'_>,
+    ) -> Result<Summary, String> {
+        progress("planning", ProgressEstimator::new(1).step("planning"));
+        let config = self.config()?;
+        let request = with_config_defaults(request, &config);
+        let platform = LinuxPlatform::new(config.timeouts.checkpoint());
+        let plan = transaction::plan(&platform, &request, &config.image_dir, &self.restore_binary)
+            .map_err(|problems| format!("cannot update: {}", problems.join("; ")))?;
+        let mut estimator = ProgressEstimator::new(plan.units.len());
+        estimator.step("planning");
+        let mut step = |what: &str| {
+            let percent = estimator.step(what);
+            progress(what, percent);
+        };
+        let done = transaction::run(&platform, &plan, &mut step)
+            .map_err(|e| format!("update failed: {e}"))?;
+        Ok(Summary {
+            transaction_id: plan.transaction_id.clone(),
+            target_kernel: plan.kernel.release().to_string(),
+            units: done
+                .into_iter()
+                .map(|c| CheckpointedUnit {
+                    unit: c.unit,
+                    frozen_ms: u64::try_from(c.frozen.as_millis()).unwrap_or(u64::MAX),
+                    connections: c.connections,
+                })
+                .collect(),
+        })
+    }
+
+    fn restore_report(&self) -> Option<Report> {
+        match self.config() {
+            Ok(config) => restore_report(&config.image_dir),
+            Err(e) => {
+                tracing::warn!("cannot find the restore records: {e}");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_string()).collect()
+    }
+
+    #[test]
+    fn progress_follows_the_transaction_steps() {
+        let mut e = ProgressEstimator::new(2);
+        let steps = [
+            ("planning", 2),
+            ("loading kernel", 10),
+            ("guarding units", 20),
+            ("checkpointing a.service", 25),
+            ("checkpointing b.service", 55),
+            ("writing manifest", 88),
+            ("handing over to systemd kexec", 95),
+        ];
+        for (step, want) in steps {
+            assert_eq!(e.step(step), want, "{step}");
+        }
+    }
+
+    #[test]
+    fn progress_never_goes_back() {
+        let mut e = ProgressEstimator::new(1);
+        assert_eq!(e.step("guarding units"), 20);
+        assert_eq!(e.step("checkpointing a.service"), 25);
+        assert_eq!(e.step("undoing"), 25);
+        assert_eq!(e.step("something new"), 25);
+        // More checkpoints than announced stay below the manifest step.
+        assert_eq!(e.step("checkpointing b.service"), 25);
+        assert_eq!(ProgressEstimator::new(0).step("checkpointing x"), 25);
+    }
+
+    #[test]
+    fn request_from_args_checks_paths_and_names() {
+        let r = request_from_args(
+            "/boot/vmlinuz-6.12",
+            "",
+            strings(&["quiet"]),
+            strings(&["a.service"]),
+        )
+        .expect("valid");
+        assert_eq!(r.kernel, PathBuf::from("/boot/vmlinuz-6.12"));
+        assert_eq!(r.initrd, None);
+        assert_eq!(r.append, strings(&["quiet"]));
+        assert_eq!(r.units, strings(&["a.service"]));
+
+        let r = request_from_args("/k", "/boot/initrd.img", vec![], vec![]).expect("valid");
+        assert_eq!(r.initrd, Some(PathBuf::from("/boot/initrd.img")));
+
+        for (kernel, initrd, append, units) in [
+            ("vmlinuz", "", vec![], vec![]),
+            ("", "", vec![], vec![]),
+            ("/k", "initrd.img", vec![], vec![]),
+            ("/k", "", strings(&[""]), vec![]),
+            ("/k", "", vec![], strings(&["../etc/passwd"])),
+            ("/k", "", vec![], strings(&[""])),
+        ] {
+            let err = request_from_args(kernel, initrd, append, units).expect_err("invalid");
+            assert!(matches!(err, ServiceError::InvalidArgs(_)), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn config_defaults_apply_like_the_command_line() {
+        let config = Config {
+            units: strings(&["configured.service"]),
+            kernel: seamless_reboot_config::Kernel {
+                append: strings(&["from-config"]),
+            },
+            ..Config::default()
+        };
+        let request = UpdateRequest {
+            kernel: "/k".into(),
+            append: strings(&["from-caller"]),
+            ..Default::default()
+        };
+        let r = with_config_defaults(&request, &config);
+        assert_eq!(r.units, strings(&["configured.service"]));
+        assert_eq!(r.append, strings(&["from-caller", "from-config"]));
+
+        let named = UpdateRequest {
+            units: strings(&["named.service"]),
+            ..request
+        };
+        assert_eq!(
+            with_config_defaults(&named, &config).units,
+            strings(&["named.service"])
+        );
+    }
+
+    #[test]
+    fn linux_engine_reports_configuration_errors_as_problems() {
+        let root = tempfile::tempdir().expect("tmp");
+        let dir = root.path().join("etc/seamless-reboot");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("config.toml"), "no_such_key = 1\n").expect("write");
+        let engine =
+            LinuxEngine::new("/usr/bin/seamless-reboot".into()).with_config_root(root.path());
+        let request = UpdateRequest {
+            kernel: "/nonexistent".into(),
+            ..Default::default()
+        };
+        let problems = engine.check(&request).expect_err("bad config");
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].starts_with("configuration: "), "{problems:?}");
+        let mut steps = Vec::new();
+        let err = engine
+            .start(&request, &mut |s: &str, p: i32| {
+                steps.push((s.to_string(), p))
+            })
+            .expect_err("bad config");
+        assert!(err.starts_with("configuration: "), "{err}");
+        assert_eq!(steps, vec![("planning".to_string(), 2)]);
+    }
+}
