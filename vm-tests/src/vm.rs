@@ -437,17 +437,22 @@ mod tests {
         assert!(!run.join(PID_FILE).exists());
     }
 
+    /// A process whose command line looks like a QEMU booting `overlay`.
+    fn stand_in_qemu(overlay: &Path) -> std::process::Child {
+        Command::new("sh")
+            .args(["-c", "sleep 30; true", "qemu-system-x86_64"])
+            .arg(format!("file={},if=virtio", overlay.display()))
+            .spawn()
+            .expect("spawn")
+    }
+
     #[test]
     fn reap_leaves_runs_of_a_living_lab_process_alone() {
         let tmp = tempfile::tempdir().expect("tmp");
         let run = tmp.path().join("other-run");
         fs::create_dir_all(&run).expect("mkdir");
         let overlay = run.join("overlay.qcow2");
-        let mut child = Command::new("sh")
-            .args(["-c", "sleep 30; true", "qemu-system-x86_64"])
-            .arg(format!("file={},if=virtio", overlay.display()))
-            .spawn()
-            .expect("spawn");
+        let mut child = stand_in_qemu(&overlay);
         fs::write(run.join(PID_FILE), child.id().to_string()).expect("write");
         // The stand-in itself plays the owning lab process: it is alive.
         fs::write(run.join(OWNER_FILE), child.id().to_string()).expect("write");
@@ -464,11 +469,7 @@ mod tests {
         fs::create_dir_all(&run).expect("mkdir");
         let overlay = run.join("overlay.qcow2");
         // A stand-in whose command line looks like that run's QEMU.
-        let mut child = Command::new("sh")
-            .args(["-c", "sleep 30; true", "qemu-system-x86_64"])
-            .arg(format!("file={},if=virtio", overlay.display()))
-            .spawn()
-            .expect("spawn");
+        let mut child = stand_in_qemu(&overlay);
         fs::write(run.join(PID_FILE), child.id().to_string()).expect("write");
         // spawn() returns once exec has released the parent, which can be
         // before the new argv shows in /proc: wait for it, as a real leftover
