@@ -474,17 +474,17 @@ fn remove_all_but_logs(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Writes a file the next boot reads, the way the manifest is written
+/// (temporary name, fsync, rename, fsync of the directory).
 fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent)?;
-    }
-    let file =
-        fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    use std::io::Write;
-    let mut file = file;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    Ok(())
+    let dir = path.parent().context("a snapshot file has a directory")?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("a snapshot file has a UTF-8 name")?;
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    crate::manifest::atomic::write_atomic(dir, name, &format!("{name}.tmp"), bytes)
+        .map_err(|(path, what, source)| anyhow::anyhow!("{what} {}: {source}", path.display()))
 }
 
 #[cfg(test)]

@@ -59,7 +59,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-mod atomic;
+pub(crate) mod atomic;
 mod binding;
 mod claim;
 mod digest;
