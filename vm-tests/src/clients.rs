@@ -8,14 +8,14 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
 use crate::layer::required_binary;
-use crate::process::{run, wait_deadline};
+use crate::process::{run, wait_deadline, wrapped_command};
 use crate::traffic::{ClientReport, StateReply};
 
 /// What kind of traffic a client runs.
@@ -50,14 +50,7 @@ impl RunningClient {
         wrapper: &[String],
     ) -> Result<RunningClient> {
         let binary = required_binary(bin_dir, "lab-client")?;
-        let mut cmd = match wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut cmd = Command::new(first);
-                cmd.args(rest).arg(&binary);
-                cmd
-            }
-            None => Command::new(&binary),
-        };
+        let mut cmd = wrapped_command(wrapper, &binary);
         match spec {
             ClientSpec::Lines { interval_ms } => {
                 cmd.args(["lines", "--interval-ms", &interval_ms.to_string()]);
@@ -156,14 +149,7 @@ pub fn parse_client_report(stdout: &str) -> Result<ClientReport> {
 /// Asks the service at `target` for its state (one short connection).
 pub fn probe_state(bin_dir: &Path, target: &str, wrapper: &[String]) -> Result<StateReply> {
     let binary = required_binary(bin_dir, "lab-client")?;
-    let mut cmd = match wrapper.split_first() {
-        Some((first, rest)) => {
-            let mut cmd = Command::new(first);
-            cmd.args(rest).arg(binary);
-            cmd
-        }
-        None => Command::new(binary),
-    };
+    let mut cmd = wrapped_command(wrapper, binary);
     let done = run(
         cmd.args(["state", "--connect", target, "--connect-timeout-s", "5"]),
         Duration::from_secs(20),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::process::{Finished, poll, run};
+use crate::process::{Finished, poll, run, wrapped_command};
 
 /// Default bound for one guest command.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
@@ -48,14 +48,7 @@ impl Guest {
     }
 
     fn ssh(&self, script: &str) -> Command {
-        let mut cmd = match self.wrapper.split_first() {
-            Some((first, rest)) => {
-                let mut cmd = Command::new(first);
-                cmd.args(rest).arg("ssh");
-                cmd
-            }
-            None => Command::new("ssh"),
-        };
+        let mut cmd = wrapped_command(&self.wrapper, "ssh");
         cmd.args(["-F", "/dev/null", "-i"])
             .arg(&self.key)
             .args([

@@ -14,6 +14,19 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
+/// `program` run through `wrapper` (e.g. `ip netns exec NS`), or directly
+/// when the wrapper is empty.
+pub fn wrapped_command(wrapper: &[String], program: impl AsRef<std::ffi::OsStr>) -> Command {
+    match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut cmd = Command::new(first);
+            cmd.args(rest).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
 /// What a finished command printed and how it ended.
 #[derive(Debug)]
 pub struct Finished {
@@ -201,6 +214,18 @@ mod tests {
         })
         .expect("succeeds on third call");
         assert_eq!(got, 3);
+    }
+
+    #[test]
+    fn wrapped_command_prefixes_only_when_asked() {
+        let direct = wrapped_command(&[], "ssh");
+        assert_eq!(direct.get_program(), "ssh");
+        assert_eq!(direct.get_args().count(), 0);
+        let wrapper: Vec<String> = ["ip", "netns", "exec", "ns1"].map(String::from).to_vec();
+        let wrapped = wrapped_command(&wrapper, "ssh");
+        assert_eq!(wrapped.get_program(), "ip");
+        let args: Vec<_> = wrapped.get_args().collect();
+        assert_eq!(args, ["netns", "exec", "ns1", "ssh"]);
     }
 
     #[test]
