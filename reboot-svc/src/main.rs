@@ -17,7 +17,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use seamless_reboot_config::Config;
-use seamless_reboot_core::manifest::{read_boot_id, read_kernel_release, read_outcomes};
+use seamless_reboot_core::kexec::cmdline::{MARKER_KEY, param_key, split_cmdline};
+use seamless_reboot_core::manifest::{Manifest, read_boot_id, read_kernel_release, read_outcomes};
 use seamless_reboot_core::nextboot::{self, RestoreSettings};
 use seamless_reboot_core::transaction::UpdateRequest;
 use seamless_reboot_dbus::proxy::Client;
@@ -147,7 +148,13 @@ fn update(args: &[String]) -> Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     println!("kernel   {} -> {}", plan.source_kernel, plan.target_kernel);
-    println!("cmdline  {}", plan.cmdline);
+    // The marker's transaction id is chosen again when the update starts;
+    // show the command line the next kernel gets, marker by name only.
+    let cmdline: Vec<&str> = split_cmdline(&plan.cmdline)
+        .into_iter()
+        .filter(|word| param_key(word) != MARKER_KEY)
+        .collect();
+    println!("cmdline  {} {MARKER_KEY}=<id>", cmdline.join(" "));
     for unit in &plan.units {
         println!(
             "unit     {}: pid {}, {} processes, {} established TCP connections",
@@ -185,6 +192,15 @@ fn status(args: &[String]) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     let outcomes = read_outcomes(&dir)?;
+    // The manifest holds what the old boot measured (frozen time, kernels);
+    // it is absent when a transaction was undone before writing it.
+    let manifest = Manifest::read_from(&dir).ok();
+    let frozen_ms = |unit: &str| {
+        manifest
+            .as_ref()
+            .and_then(|m| m.units.iter().find(|u| u.unit == unit))
+            .map(|u| u.frozen_ms)
+    };
     if json {
         let units: Vec<serde_json::Value> = outcomes
             .iter()
@@ -193,6 +209,7 @@ fn status(args: &[String]) -> Result<ExitCode> {
                     "unit": o.unit,
                     "outcome": o.outcome.as_str(),
                     "detail": o.detail,
+                    "frozen_ms": frozen_ms(&o.unit),
                     "duration_ms": o.duration_ms,
                     "downtime_ms": o.downtime_ms,
                 })
@@ -200,19 +217,31 @@ fn status(args: &[String]) -> Result<ExitCode> {
             .collect();
         println!(
             "{}",
-            serde_json::json!({ "transaction_dir": dir.display().to_string(), "units": units })
+            serde_json::json!({
+                "transaction_dir": dir.display().to_string(),
+                "transaction_id": manifest.as_ref().map(|m| m.transaction_id.clone()),
+                "source_kernel": manifest.as_ref().map(|m| m.source_kernel.clone()),
+                "target_kernel": manifest.as_ref().map(|m| m.target_kernel.clone()),
+                "units": units,
+            })
         );
     } else {
         println!("last update: {}", dir.display());
+        if let Some(m) = &manifest {
+            println!("  kernel {} -> {}", m.source_kernel, m.target_kernel);
+        }
+        if outcomes.is_empty() {
+            println!("  no unit has been restored from it yet");
+        }
+        let ms = |v: Option<u64>| v.map_or_else(|| "unknown".to_string(), |d| format!("{d} ms"));
         for o in &outcomes {
             println!(
-                "  {}: {} ({} ms in this boot, blackout {}) {}",
+                "  {}: {} (frozen {}, {} ms in this boot, blackout {}) {}",
                 o.unit,
                 o.outcome.as_str(),
+                ms(frozen_ms(&o.unit)),
                 o.duration_ms,
-                o.downtime_ms
-                    .map(|d| format!("{d} ms"))
-                    .unwrap_or_else(|| "unknown".into()),
+                ms(o.downtime_ms),
                 o.detail
             );
         }
