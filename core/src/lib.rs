@@ -9,6 +9,7 @@ pub mod criu;
 pub mod inventory;
 pub mod kexec;
 pub mod manifest;
+pub mod netqueue;
 pub mod nextboot;
 pub mod platform;
 pub mod transaction;
