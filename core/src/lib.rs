@@ -10,5 +10,6 @@ pub mod inventory;
 pub mod kexec;
 pub mod manifest;
 pub mod nextboot;
+pub mod pid_reserve;
 pub mod platform;
 pub mod transaction;
