@@ -11,5 +11,6 @@ pub mod kexec;
 pub mod manifest;
 pub mod netqueue;
 pub mod nextboot;
+pub mod pid_reserve;
 pub mod platform;
 pub mod transaction;
