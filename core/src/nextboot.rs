@@ -4,10 +4,13 @@
 //!
 //! Why this shape (each point was a failure in a prototype on these hosts):
 //! - The new kernel answers a peer's retransmission for a connection it does
-//!   not know yet with RST. So the lock rules CRIU made at dump time are
-//!   replayed by a unit ordered before `network-pre.target`; CRIU deletes
-//!   that table itself at the end of the unit's restore, which releases the
-//!   unit's connections exactly when its process is back.
+//!   not know yet with RST. So a hold unit ordered before
+//!   `network-pre.target` puts every checkpointed connection on hold (see
+//!   [`hold`]: the peers' packets are queued, not answered) and each unit's
+//!   restore helper releases its own connections right after its restore,
+//!   re-injecting what the peers sent meanwhile so traffic resumes at once.
+//! - CRIU restores the original pids; the hold reserves them early in the
+//!   boot and frees them just before CRIU forks the restored processes.
 //! - A restore from a separate unit leaves the unit inactive and systemd later
 //!   kills the "stray" process. So the unit restores itself: a drop-in makes
 //!   it `Type=forking` with our restore helper as `ExecStart` and the restored
@@ -30,15 +33,21 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
-use crate::criu::{CgroupMode, Criu, InheritFd, Notification, RestoreOptions};
+use crate::criu::{CgroupMode, Criu, InheritFd, Notification, RestoreOptions, scripts};
 use crate::kexec::marker_from_cmdline;
 use crate::manifest::{
-    Manifest, OutcomeKind, UnitOutcome, UnitSnapshot, claim, read_claim, read_outcomes,
-    verify_digests, write_outcome,
+    Manifest, OutcomeKind, UnitOutcome, UnitSnapshot, read_claim, read_outcomes, verify_digests,
+    write_outcome,
 };
+use crate::netqueue::Verdict;
+use crate::pid_reserve::pid_in_use;
 use crate::transaction::{
     HOLD_RULES_FILE, UNIT_SNAPSHOT_FILE, pid_file, restore_dropin, unit_dir_name,
 };
+
+pub mod hold;
+
+use hold::HoldClient;
 
 /// The unit that holds checkpointed connections in the next boot.
 pub const HOLD_UNIT: &str = "seamless-reboot-hold.service";
@@ -130,8 +139,9 @@ pub fn write_generated(out_dir: &Path, decision: &Decision, binary: &Path) -> Re
          Conflicts=shutdown.target\n\
          \n\
          [Service]\n\
-         Type=oneshot\n\
-         RemainAfterExit=yes\n\
+         Type=notify\n\
+         NotifyAccess=main\n\
+         TimeoutStartSec=120\n\
          ExecStart={} hold {}\n",
         binary.display(),
         transaction_dir.display()
@@ -165,44 +175,6 @@ fn link_wants(out_dir: &Path, target: &str, unit: &str) -> Result<()> {
     Ok(())
 }
 
-/// The hold unit's work: claim the snapshot for this boot, then replay each
-/// unit's lock rules so the new kernel drops (instead of resetting) the
-/// peers' packets until that unit is restored.
-pub fn hold(transaction_dir: &Path, boot_id: &str) -> Result<()> {
-    match claim(transaction_dir, boot_id) {
-        Ok(_) => {}
-        Err(e) => match read_claim(transaction_dir) {
-            Ok(Some(c)) if c.boot_id == boot_id => {} // the hold unit ran again this boot
-            _ => return Err(e.into()),
-        },
-    }
-    let manifest = Manifest::read_from(transaction_dir)?;
-    let mut failures = Vec::new();
-    for unit in &manifest.units {
-        let rules = transaction_dir
-            .join(unit_dir_name(&unit.unit))
-            .join(HOLD_RULES_FILE);
-        let text = fs::read_to_string(&rules).unwrap_or_default();
-        if text.trim().is_empty() {
-            continue;
-        }
-        let output = Command::new("nft").arg("-f").arg(&rules).output();
-        match output {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => failures.push(format!(
-                "{}: nft: {}",
-                unit.unit,
-                String::from_utf8_lossy(&o.stderr).trim()
-            )),
-            Err(e) => failures.push(format!("{}: cannot run nft: {e}", unit.unit)),
-        }
-    }
-    if !failures.is_empty() {
-        bail!("could not hold every connection: {}", failures.join("; "));
-    }
-    Ok(())
-}
-
 /// Names of the nftables tables in a saved rules file.
 pub fn tables_in_rules(text: &str) -> Vec<String> {
     text.lines()
@@ -228,6 +200,7 @@ pub fn restore_unit(snapshot_dir: &Path, unit: &str, settings: &RestoreSettings)
         .context("the snapshot directory has no parent")?;
     let started = Instant::now();
     let snapshot = load_snapshot(transaction_dir, snapshot_dir, unit)?;
+    let hold = HoldClient::find();
     let already = read_outcomes(transaction_dir)
         .unwrap_or_default()
         .into_iter()
@@ -237,12 +210,29 @@ pub fn restore_unit(snapshot_dir: &Path, unit: &str, settings: &RestoreSettings)
             "{unit} was already restored from this snapshot; starting it fresh"
         ))
     } else {
-        restore_with_criu(transaction_dir, &snapshot, settings)
+        restore_with_criu(transaction_dir, &snapshot, settings, hold.as_ref())
     };
     let (kind, detail, pid) = match attempt {
-        Ok(pid) => (OutcomeKind::Restored, format!("restored pid {pid}"), pid),
+        Ok(pid) => {
+            release_connections(
+                transaction_dir,
+                snapshot_dir,
+                unit,
+                Verdict::Accept,
+                hold.as_ref(),
+            );
+            (OutcomeKind::Restored, format!("restored pid {pid}"), pid)
+        }
         Err(error) => {
-            release_hold(snapshot_dir);
+            // The held packets go to this kernel too: it has no socket for
+            // them and answers with a reset, so the peers learn at once.
+            release_connections(
+                transaction_dir,
+                snapshot_dir,
+                unit,
+                Verdict::Accept,
+                hold.as_ref(),
+            );
             match cold_start(&snapshot) {
                 Ok(pid) => (OutcomeKind::ColdStarted, format!("{error:#}"), pid),
                 Err(cold) => {
@@ -304,6 +294,7 @@ fn restore_with_criu(
     transaction_dir: &Path,
     snapshot: &UnitSnapshot,
     settings: &RestoreSettings,
+    hold: Option<&HoldClient>,
 ) -> Result<i32> {
     let images = snapshot.images_path(transaction_dir);
     verify_digests(&images, &snapshot.images)?;
@@ -333,8 +324,41 @@ fn restore_with_criu(
         None
     };
     let criu = Criu::new().with_timeout(Some(settings.criu_timeout));
-    let mut notify = |_: Notification<'_>| -> Result<()> { Ok(()) };
-    let restored = criu.restore(&options, &mut notify).with_context(|| {
+    // Right before CRIU forks the restored processes: free their pids, and
+    // refuse (cold start) if another process of this boot has one.
+    let mut refused: Option<anyhow::Error> = None;
+    let mut notify = |n: Notification<'_>| -> Result<()> {
+        if n.script != scripts::PRE_RESTORE {
+            return Ok(());
+        }
+        let free = || -> Result<()> {
+            // A hold that is gone took its placeholders with it (they die
+            // with their parent); whatever still has a pid is checked next.
+            if let Some(hold) = hold
+                && let Err(e) = hold.free_pids(&snapshot.unit)
+            {
+                tracing::warn!("{e:#}");
+            }
+            let taken: Vec<String> = hold::needed_pids(snapshot)
+                .into_iter()
+                .filter(|&pid| pid_in_use(pid))
+                .map(hold::process_name)
+                .collect();
+            if !taken.is_empty() {
+                bail!(
+                    "pid collision: {} already in use in this boot",
+                    taken.join(", ")
+                );
+            }
+            Ok(())
+        };
+        free().inspect_err(|e| refused = Some(anyhow::anyhow!("{e:#}")))
+    };
+    let restored = criu.restore(&options, &mut notify);
+    if let Some(cause) = refused {
+        return Err(cause);
+    }
+    let restored = restored.with_context(|| {
         format!(
             "CRIU could not restore (log: {}/restore.log)",
             images.display()
@@ -379,8 +403,48 @@ impl Drop for WindowScalingOff {
     }
 }
 
-/// Deletes this unit's lock tables, so its peers get a prompt reset instead
-/// of waiting for a connection that will not come back.
+/// Gives the unit's connections to this kernel: through the hold process
+/// when there is one (which re-injects or drops what it queued), else by
+/// deleting the tables that hold them (the hold's, if it died, and CRIU's
+/// own lock of an in-place restore), so that nothing stays blocked.
+fn release_connections(
+    transaction_dir: &Path,
+    snapshot_dir: &Path,
+    unit: &str,
+    verdict: Verdict,
+    hold: Option<&HoldClient>,
+) {
+    if let Some(hold) = hold {
+        match hold.release(unit, verdict) {
+            Ok(reply) => {
+                tracing::info!("{unit}: connections released ({reply})");
+                return;
+            }
+            Err(e) => tracing::warn!("{unit}: {e:#}; deleting its hold rules instead"),
+        }
+    }
+    if let Ok(manifest) = Manifest::read_from(transaction_dir)
+        && let Some(index) = manifest.units.iter().position(|u| u.unit == unit)
+    {
+        let table = hold::hold_table(index);
+        if table_exists(&table) {
+            let _ = hold::nft_delete_table(&table);
+        }
+    }
+    release_hold(snapshot_dir);
+}
+
+fn table_exists(table: &str) -> bool {
+    Command::new("nft")
+        .args(["list", "table", "inet", table])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Deletes this unit's CRIU lock tables, so its peers get a prompt reset
+/// instead of waiting for a connection that will not come back.
 fn release_hold(snapshot_dir: &Path) {
     let text = fs::read_to_string(snapshot_dir.join(HOLD_RULES_FILE)).unwrap_or_default();
     for table in tables_in_rules(&text) {
@@ -459,6 +523,7 @@ mod tests {
                     images_dir: format!("{}/images", unit_dir_name(unit)),
                     main_pid: 550,
                     pids: vec![550],
+                    thread_ids: vec![551],
                     exec_start: vec!["/bin/true".into()],
                     connections: vec![],
                     journal_socket_inodes: vec![],
@@ -538,7 +603,7 @@ mod tests {
     fn a_snapshot_claimed_by_another_boot_never_restores_again() {
         let tmp = tempfile::tempdir().expect("tmp");
         let dir = transaction(tmp.path(), "t1-1", &["a.service"]);
-        claim(&dir, BOOT_B).expect("first claim");
+        crate::manifest::claim(&dir, BOOT_B).expect("first claim");
         // The claiming boot itself still restores (e.g. a daemon-reload).
         assert!(matches!(
             decide(&cmdline("t1-1"), tmp.path(), BOOT_B, TARGET),
@@ -584,6 +649,8 @@ mod tests {
         let hold = fs::read_to_string(out.join(HOLD_UNIT)).expect("hold unit");
         assert!(hold.contains("Before=network-pre.target"), "{hold}");
         assert!(hold.contains("DefaultDependencies=no"), "{hold}");
+        // Ready only once every connection is on hold and the pids reserved.
+        assert!(hold.contains("Type=notify"), "{hold}");
         assert!(
             hold.contains(&format!(
                 "ExecStart=/usr/bin/seamless-reboot hold {}",

@@ -318,6 +318,7 @@ fn forward(
             images_dir: format!("{}/{IMAGES_SUBDIR}", unit_dir_name(name)),
             main_pid: unit.status.main_pid,
             pids: unit.inventory.pids.clone(),
+            thread_ids: unit.inventory.thread_ids.clone(),
             exec_start: unit.status.exec_start.clone(),
             connections: unit.inventory.established.clone(),
             journal_socket_inodes: unit.inventory.stdio_socket_inodes.clone(),

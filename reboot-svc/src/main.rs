@@ -16,9 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use seamless_reboot_config::Config;
+use seamless_reboot_config::{Config, HoldMode};
 use seamless_reboot_core::kexec::cmdline::{MARKER_KEY, param_key, split_cmdline};
 use seamless_reboot_core::manifest::{Manifest, read_boot_id, read_kernel_release, read_outcomes};
+use seamless_reboot_core::nextboot::hold::{self, HoldSettings, PacketHold};
 use seamless_reboot_core::nextboot::{self, RestoreSettings};
 use seamless_reboot_core::transaction::UpdateRequest;
 use seamless_reboot_dbus::proxy::Client;
@@ -75,7 +76,15 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
             let [dir] = &args[1..] else {
                 bail!("usage: seamless-reboot hold TRANSACTION_DIR")
             };
-            nextboot::hold(Path::new(dir), &read_boot_id(Path::new("/"))?)?;
+            let config = Config::load()?.config;
+            let settings = HoldSettings {
+                packets: match config.network.hold {
+                    HoldMode::Drop => PacketHold::Drop,
+                    HoldMode::Queue => PacketHold::Queue,
+                },
+                restore_timeout: config.timeouts.restore(),
+            };
+            hold::run(Path::new(dir), &read_boot_id(Path::new("/"))?, &settings)?;
             Ok(ExitCode::SUCCESS)
         }
         Some("restore-unit") => {

@@ -20,6 +20,8 @@ use crate::process::run;
 pub const LAB_SERVICE_UNIT: &str = include_str!("../guest/lab-service.service");
 /// A second test unit whose checkpoint fails (see the unit file).
 pub const LAB_BLOCKER_UNIT: &str = include_str!("../guest/lab-blocker.service");
+/// A unit that takes a given pid early in the next boot (see the unit file).
+pub const LAB_PID_SQUATTER_UNIT: &str = include_str!("../guest/lab-pid-squatter.service");
 /// Where the test service binary lives in the guest.
 pub const LAB_SERVICE_BIN: &str = "/usr/local/lib/seamless-lab/lab-service";
 
@@ -135,6 +137,11 @@ impl Layer {
         self.add_bytes(
             "/etc/systemd/system/lab-blocker.service",
             LAB_BLOCKER_UNIT.as_bytes(),
+            0o644,
+        )?;
+        self.add_bytes(
+            "/etc/systemd/system/lab-pid-squatter.service",
+            LAB_PID_SQUATTER_UNIT.as_bytes(),
             0o644,
         )?;
         // The second NIC, present when the guest has a Linux peer.

@@ -19,6 +19,7 @@ use crate::netns::{GUEST_PEER_ADDR, Netns, reap_stale_netns};
 use crate::process::poll;
 use crate::recipe::Recipe;
 use crate::report::{NamedClient, ScenarioReport};
+use crate::traffic::BreakReason;
 use crate::traffic::StateReply;
 use crate::vm::{Vm, VmConfig, reap_stale};
 
@@ -303,6 +304,12 @@ impl Session<'_> {
         Ok(middle - (uptime - entered_us / 1e6))
     }
 
+    /// Whether every client has ended by itself (a client ends when its
+    /// connection breaks).
+    pub fn clients_have_exited(&mut self) -> bool {
+        self.clients.iter_mut().all(RunningClient::has_exited)
+    }
+
     /// Stops every client and adds what each measured to the report.
     pub fn stop_clients(&mut self) -> Result<()> {
         for client in self.clients.drain(..) {
@@ -475,6 +482,125 @@ fn parse_active_and_pid(show: &str) -> (String, i32) {
         }
     }
     (state, pid)
+}
+
+/// A pid collision in the next boot: a lab unit ordered before the hold
+/// takes the test service's pid early in the boot (as an unlucky early
+/// process could). Expected: the collision is detected, the unit cold-starts
+/// with its own command and is active, `seamless-reboot status` says
+/// cold-started and names the pid, and the clients are told promptly (their
+/// connections end with a reset or EOF instead of hanging).
+pub fn pid_collision(lab: &Lab) -> Result<ScenarioReport> {
+    lab.run_scenario("pid-collision", lab_service_config(), pid_collision_steps)
+}
+
+fn pid_collision_steps(session: &mut Session<'_>) -> Result<()> {
+    let kernel_b = session.lab.kernel_b().clone();
+    let unit = "lab-service.service";
+    let state = session.start_lab_service()?;
+    let (_, pid_before) = unit_main_pid(session.guest(), unit)?;
+    session.guest().sh(&format!(
+        "mkdir -p /var/lib/seamless-lab && echo {pid_before} > /var/lib/seamless-lab/squat-pid \
+         && systemctl enable lab-pid-squatter.service"
+    ))?;
+    session.start_standard_clients(state.total)?;
+    let old = session.guest().boot_info()?;
+    let update = session.guest().run(
+        &format!(
+            "seamless-reboot --kernel /boot/{} --unit {unit} --yes",
+            kernel_b.vmlinuz
+        ),
+        Duration::from_secs(300),
+    )?;
+    std::fs::write(
+        session.vm.run_dir.join("update.log"),
+        format!("{}{}", update.stdout, update.stderr),
+    )?;
+    let back = session
+        .guest()
+        .wait_up(KEXEC_TIMEOUT, Some(&old.boot_id))
+        .with_context(|| {
+            format!(
+                "after kexec; console tail:\n{}",
+                session.vm.console_tail(30)
+            )
+        })?;
+    session.report.kernel_after = Some(back.kernel.clone());
+    session.report.boot_id_after = Some(back.boot_id.clone());
+    let guest = session.guest().clone();
+    let started_pid = poll(
+        "the unit to be active again",
+        Duration::from_secs(180),
+        Duration::from_millis(250),
+        || {
+            let (active, pid) = unit_main_pid(&guest, unit)?;
+            Ok((active == "active" && pid > 0).then_some(pid))
+        },
+    )?;
+    let started_at = session.unit_active_since_unix(unit)?;
+    // The clients end by themselves once the peer hears a reset.
+    let ended = poll(
+        "the clients to see their connections end",
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        || Ok(session.clients_have_exited().then_some(())),
+    );
+    session.stop_clients()?;
+    let squatter = guest.sh("systemctl show -p MainPID --value lab-pid-squatter.service")?;
+    let status = guest.sh("seamless-reboot status")?;
+    std::fs::write(session.vm.run_dir.join("status.txt"), &status)?;
+    let hold_log = guest.sh("journalctl -b -u seamless-reboot-hold.service --no-pager -o cat")?;
+    std::fs::write(session.vm.run_dir.join("hold.log"), &hold_log)?;
+
+    let report = &mut session.report;
+    report.check(
+        "guest runs kernel B",
+        back.kernel == kernel_b.release && back.boot_id != report.boot_id_before,
+        format!("{} -> {}", report.kernel_before, back.kernel),
+    );
+    report.check(
+        "the squatter took the service's pid before the hold",
+        squatter.trim() == pid_before.to_string(),
+        format!("service pid {pid_before}, squatter pid {}", squatter.trim()),
+    );
+    report.check(
+        "the hold saw the collision",
+        hold_log.contains(&format!("pid {pid_before} of {unit} is taken")),
+        crate::process::tail(&hold_log, 4).trim().to_string(),
+    );
+    report.check(
+        "the unit cold-started and is active",
+        started_pid != pid_before
+            && status.contains("cold-started")
+            && status.contains("pid collision"),
+        format!("MainPID {pid_before} -> {started_pid}; {}", status.trim()),
+    );
+    report.check(
+        "the clients were told instead of left hanging",
+        ended.is_ok(),
+        format!("{ended:?}"),
+    );
+    for client in report.clients.clone() {
+        let r = &client.report;
+        if let Some(broken) = &r.broken {
+            report.timing(
+                &format!("{}_end_after_cold_start_s", client.name),
+                broken.at_unix - started_at,
+            );
+        }
+        report.check(
+            &format!(
+                "{}: ended with reset or EOF, nothing wrong before",
+                client.name
+            ),
+            r.lost == 0
+                && r.broken
+                    .as_ref()
+                    .is_some_and(|b| matches!(b.reason, BreakReason::Eof | BreakReason::Reset)),
+            format!("{:?}", r.broken),
+        );
+    }
+    Ok(())
 }
 
 /// A failed checkpoint: `seamless-reboot` with two units, the second of
@@ -702,6 +828,11 @@ fn seamless_steps(session: &mut Session<'_>, linux_peer: bool) -> Result<()> {
     let journal = session
         .guest()
         .sh(&format!("journalctl -b -u {unit} --no-pager -o cat"))?;
+    // The hold's and the restore helper's own account, with timestamps.
+    let hold_log = session.guest().sh(&format!(
+        "journalctl -b -u seamless-reboot-hold.service -u {unit} --no-pager -o short-unix"
+    ))?;
+    std::fs::write(session.vm.run_dir.join("hold.log"), &hold_log)?;
     let restart = session.guest().sh(&format!(
         "systemctl restart {unit} && systemctl is-active {unit}"
     ));

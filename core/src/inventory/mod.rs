@@ -101,6 +101,11 @@ pub struct UnitInventory {
     pub cgroup: String,
     /// Every pid of the cgroup and its sub-cgroups, sorted.
     pub pids: Vec<i32>,
+    /// Ids of the threads other than each process's main thread (from
+    /// `cgroup.threads`), sorted. CRIU restores thread ids too, so the next
+    /// boot must keep them free like the pids.
+    #[serde(default)]
+    pub thread_ids: Vec<i32>,
     /// The main pid.
     pub main_pid: i32,
     /// Listening TCP addresses.
@@ -248,16 +253,35 @@ impl Inventory {
             });
         }
         pids.retain(|pid| !sockets.gone_pids.contains(pid));
+        let thread_ids = self.cgroup_thread_ids(unit, cgroup, &pids)?;
         Ok(UnitInventory {
             unit: unit.to_owned(),
             cgroup: cgroup.to_owned(),
             pids,
+            thread_ids,
             main_pid,
             listening: sockets.listening,
             established: sockets.established,
             stdio_socket_inodes: sockets.stdio_socket_inodes,
             other_sockets: sockets.other_sockets,
         })
+    }
+
+    /// Thread ids of the cgroup (and its sub-cgroups) that are not one of
+    /// `pids`. A kernel without `cgroup.threads` gives none.
+    pub fn cgroup_thread_ids(
+        &self,
+        unit: &str,
+        cgroup: &str,
+        pids: &[i32],
+    ) -> Result<Vec<i32>, InventoryError> {
+        let dir = self.cgroup_dir(unit, cgroup)?;
+        if !dir.join("cgroup.threads").exists() {
+            return Ok(Vec::new());
+        }
+        let mut threads = BTreeSet::new();
+        collect_cgroup_ids(&dir, "cgroup.threads", true, &mut threads)?;
+        Ok(threads.into_iter().filter(|t| !pids.contains(t)).collect())
     }
 
     /// The cgroup directory of `cgroup` below the root.
@@ -490,7 +514,18 @@ fn collect_cgroup_pids(
     top: bool,
     pids: &mut BTreeSet<i32>,
 ) -> Result<(), InventoryError> {
-    let procs = dir.join("cgroup.procs");
+    collect_cgroup_ids(dir, "cgroup.procs", top, pids)
+}
+
+/// Adds the ids listed in `file` (`cgroup.procs` or `cgroup.threads`) of
+/// `dir` and of every sub-cgroup.
+fn collect_cgroup_ids(
+    dir: &Path,
+    file: &str,
+    top: bool,
+    pids: &mut BTreeSet<i32>,
+) -> Result<(), InventoryError> {
+    let procs = dir.join(file);
     let text = match fs::read_to_string(&procs) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound && !top => return Ok(()),
@@ -526,7 +561,7 @@ fn collect_cgroup_pids(
             .map(|t| t.is_dir())
             .map_err(io_err(&entry.path(), "cannot stat"))?;
         if is_dir {
-            collect_cgroup_pids(&entry.path(), false, pids)?;
+            collect_cgroup_ids(&entry.path(), file, false, pids)?;
         }
     }
     Ok(())

@@ -58,8 +58,10 @@ fn fake_tree() -> tempfile::TempDir {
     let root = tmp.path();
     let cg = root.join("sys/fs/cgroup/system.slice/demo.service");
     write(&cg.join("cgroup.procs"), "100\n");
+    write(&cg.join("cgroup.threads"), "100\n102\n");
     write(&cg.join("cgroup.controllers"), "");
     write(&cg.join("worker/cgroup.procs"), "101\n");
+    write(&cg.join("worker/cgroup.threads"), "101\n103\n104\n");
 
     // pid 100: stdin /dev/null, stdout+stderr the journal stream, a listener
     // and an IPv4 connection accepted from it.
@@ -479,4 +481,14 @@ fn bad_pid_is_rejected() {
         Inventory::new(tree.path()).sockets_of_pids(&[100, 0]),
         Err(InventoryError::BadPid(0))
     ));
+}
+
+#[test]
+fn thread_ids_come_from_cgroup_threads_without_the_processes() {
+    let tmp = fake_tree();
+    let inv = Inventory::new(tmp.path())
+        .unit("demo.service", "/system.slice/demo.service", 100)
+        .unwrap();
+    assert_eq!(inv.pids, vec![100, 101]);
+    assert_eq!(inv.thread_ids, vec![102, 103, 104]);
 }

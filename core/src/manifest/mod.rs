@@ -132,6 +132,9 @@ pub struct UnitSnapshot {
     pub main_pid: i32,
     /// Every pid of the unit's cgroup at checkpoint time, including `main_pid`.
     pub pids: Vec<i32>,
+    /// Ids of the unit's other threads; CRIU restores them as they were too.
+    #[serde(default)]
+    pub thread_ids: Vec<i32>,
     /// The unit's original `ExecStart` argv, for a cold start fallback.
     pub exec_start: Vec<String>,
     /// Established TCP connections that were checkpointed.

@@ -19,6 +19,7 @@ pub(crate) fn sample() -> Manifest {
             images_dir: "images/demo".to_owned(),
             main_pid: 100,
             pids: vec![100, 101],
+            thread_ids: vec![102],
             exec_start: vec!["/usr/bin/demo".to_owned(), "--port=8080".to_owned()],
             connections: vec![
                 TcpConnection {

@@ -114,6 +114,7 @@ fn inventory(unit: &str) -> UnitInventory {
         unit: unit.into(),
         cgroup: format!("/system.slice/{unit}"),
         pids: vec![100],
+        thread_ids: vec![120],
         main_pid: 100,
         listening: vec![],
         established: vec![],

@@ -8,7 +8,7 @@ use seamless_reboot_vm_tests::image::{default_cache_root, ensure_base_image};
 use seamless_reboot_vm_tests::recipe::Recipe;
 use seamless_reboot_vm_tests::report::ScenarioReport;
 use seamless_reboot_vm_tests::scenario::{
-    LAB_SERVICE_PORT, Lab, baseline_kexec, failed_checkpoint, seamless_update,
+    LAB_SERVICE_PORT, Lab, baseline_kexec, failed_checkpoint, pid_collision, seamless_update,
     seamless_update_linux_peer,
 };
 use seamless_reboot_vm_tests::vm::VmConfig;
@@ -22,6 +22,8 @@ commands:
              the same with a Linux TCP peer beside the slirp one
   failed-checkpoint
              seamless-reboot with a second unit CRIU cannot checkpoint: nothing changes
+  pid-collision
+             another process takes the service's pid early in the next boot: it cold-starts
   demo       the main job: the seamless scenario
   boot       boot a guest with the lab service running and keep it until Enter or end of input,
              printing how to reach it (for working by hand)";
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
         ["seamless"] | ["demo"] => scenario(seamless_update),
         ["seamless-linux-peer"] => scenario(seamless_update_linux_peer),
         ["failed-checkpoint"] => scenario(failed_checkpoint),
+        ["pid-collision"] => scenario(pid_collision),
         ["boot"] => boot(),
         ["-h"] | ["--help"] | ["help"] => {
             println!("{USAGE}");
