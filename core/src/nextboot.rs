@@ -133,7 +133,9 @@ pub fn write_generated(out_dir: &Path, decision: &Decision, binary: &Path) -> Re
          [Unit]\n\
          Description=seamless-reboot: hold checkpointed connections until their services are restored\n\
          DefaultDependencies=no\n\
-         After=local-fs.target\n\
+         # After whatever loads a firewall (which may flush every table) and\n\
+         # after sysctl (pid_max), before any interface comes up.\n\
+         After=local-fs.target systemd-sysctl.service nftables.service firewalld.service\n\
          Before=network-pre.target shutdown.target\n\
          Wants=network-pre.target\n\
          Conflicts=shutdown.target\n\
@@ -141,6 +143,11 @@ pub fn write_generated(out_dir: &Path, decision: &Decision, binary: &Path) -> Re
          [Service]\n\
          Type=notify\n\
          NotifyAccess=main\n\
+         # Stays active when done, so restarting a restored unit (which wants\n\
+         # this one) does not start the hold again.\n\
+         RemainAfterExit=yes\n\
+         # One placeholder process per reserved pid.\n\
+         TasksMax=infinity\n\
          TimeoutStartSec=120\n\
          ExecStart={} hold {}\n",
         binary.display(),
@@ -425,11 +432,10 @@ fn release_connections(
     }
     if let Ok(manifest) = Manifest::read_from(transaction_dir)
         && let Some(index) = manifest.units.iter().position(|u| u.unit == unit)
+        && table_exists(hold::HOLD_TABLE)
+        && let Err(e) = hold::release_without_hold(index)
     {
-        let table = hold::hold_table(index);
-        if table_exists(&table) {
-            let _ = hold::nft_delete_table(&table);
-        }
+        tracing::warn!("{unit}: cannot release its connections: {e:#}");
     }
     release_hold(snapshot_dir);
 }
@@ -651,6 +657,11 @@ mod tests {
         assert!(hold.contains("DefaultDependencies=no"), "{hold}");
         // Ready only once every connection is on hold and the pids reserved.
         assert!(hold.contains("Type=notify"), "{hold}");
+        assert!(hold.contains("RemainAfterExit=yes"), "{hold}");
+        assert!(
+            hold.contains("After=local-fs.target systemd-sysctl.service nftables.service"),
+            "{hold}"
+        );
         assert!(
             hold.contains(&format!(
                 "ExecStart=/usr/bin/seamless-reboot hold {}",

@@ -76,7 +76,12 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
             let [dir] = &args[1..] else {
                 bail!("usage: seamless-reboot hold TRANSACTION_DIR")
             };
-            let config = Config::load()?.config;
+            // Holding with the defaults beats not holding (every peer would
+            // get a reset) when the configuration cannot be read.
+            let config = Config::load().map(|l| l.config).unwrap_or_else(|e| {
+                eprintln!("seamless-reboot hold: {e:#}; using the default configuration");
+                Config::default()
+            });
             let settings = HoldSettings {
                 packets: match config.network.hold {
                     HoldMode::Drop => PacketHold::Drop,

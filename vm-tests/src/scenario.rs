@@ -588,15 +588,14 @@ fn pid_collision_steps(session: &mut Session<'_>) -> Result<()> {
                 broken.at_unix - started_at,
             );
         }
+        // Ended by a reset or EOF, not by a corrupt or out-of-order reply
+        // (that would be a violation) nor by a timeout. What was in flight
+        // at the checkpoint is lost with the connection, as with a restart.
         report.check(
-            &format!(
-                "{}: ended with reset or EOF, nothing wrong before",
-                client.name
-            ),
-            r.lost == 0
-                && r.broken
-                    .as_ref()
-                    .is_some_and(|b| matches!(b.reason, BreakReason::Eof | BreakReason::Reset)),
+            &format!("{}: ended with reset or EOF", client.name),
+            r.broken
+                .as_ref()
+                .is_some_and(|b| matches!(b.reason, BreakReason::Eof | BreakReason::Reset)),
             format!("{:?}", r.broken),
         );
     }

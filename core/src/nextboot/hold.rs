@@ -41,9 +41,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use crate::manifest::{Manifest, TcpConnection, UnitSnapshot, claim, read_claim};
+use crate::manifest::{Manifest, TcpConnection, UnitSnapshot, claim, read_claim, read_outcomes};
 use crate::netqueue::{Flow, PacketQueue, QueuedPacket, Verdict};
 use crate::pid_reserve::{PidReservation, ReserveError};
+use crate::transaction::{HOLD_RULES_FILE, unit_dir_name};
 
 /// The NFQUEUE the hold rules send packets to ("SR").
 pub const HOLD_QUEUE: u16 = 0x5352;
@@ -78,9 +79,12 @@ pub struct HoldSettings {
     pub restore_timeout: Duration,
 }
 
-/// The nftables table that holds the unit at `index` of the manifest.
-pub fn hold_table(index: usize) -> String {
-    format!("seamless-reboot-hold-{index}")
+/// The nftables table that holds every checkpointed connection.
+pub const HOLD_TABLE: &str = "seamless-reboot-hold";
+
+/// The set of the unit at `index` of the manifest, for IPv4 or IPv6 flows.
+fn flow_set(index: usize, ipv6: bool) -> String {
+    format!("unit{index}_{}", if ipv6 { "v6" } else { "v4" })
 }
 
 /// An address as the packet carries it: IPv4 connections accepted on a
@@ -103,40 +107,143 @@ pub fn inbound_flow(connection: &TcpConnection) -> Flow {
     }
 }
 
-/// nftables rules holding `connections` in table `table`: the peers'
-/// packets go to `queue` (or are dropped). Priority -300 comes before
-/// connection tracking and any filter.
+/// The hold's nftables table: per unit a set of the flows of its peers'
+/// packets (IPv4 and IPv6), and one rule per set sending matching packets
+/// to `queue` (or dropping them).
 ///
-/// Only the peers' packets are held. The new kernel sends nothing on these
-/// connections by itself (a reset only answers a packet, and those are
-/// held), and once CRIU has restored a socket, what it sends (a window
-/// probe as it leaves repair mode, the service's replies) should reach the
-/// peer at once: blocking it would also swallow the acknowledgements of
-/// the packets re-injected at the release.
-pub fn hold_rules(table: &str, connections: &[TcpConnection], queue: Option<u16>) -> String {
+/// Why this shape:
+/// - A unit is released by flushing its sets. Deleting a rule's chain or
+///   table instead would unregister a hook, and the kernel then discards
+///   every packet waiting in the queue, other units' too.
+/// - The hook is prerouting at priority -300: after defragmentation and
+///   before connection tracking, so a held packet is tracked only when it
+///   is re-injected, after the restored socket exists.
+/// - Only the peers' packets are held. The new kernel sends nothing on
+///   these connections by itself (a reset only answers a packet, and those
+///   are held), and once CRIU has restored a socket, what it sends (a
+///   window probe as it leaves repair mode, the service's replies) should
+///   reach the peer at once: blocking it would also swallow the
+///   acknowledgements of the packets re-injected at the release.
+pub fn hold_rules(units: &[Vec<Flow>], queue: Option<u16>) -> String {
     let verdict = match queue {
         Some(number) => format!("queue num {number}"),
         None => "drop".to_string(),
     };
-    let mut input = String::new();
-    for connection in connections {
-        let (local, remote) = (
-            on_the_wire(connection.local),
-            on_the_wire(connection.remote),
-        );
-        let family = if local.is_ipv4() { "ip" } else { "ip6" };
-        let _ = writeln!(
-            input,
-            "    {family} saddr {} tcp sport {} {family} daddr {} tcp dport {} {verdict}",
-            remote.ip(),
-            remote.port(),
-            local.ip(),
-            local.port()
-        );
+    let mut sets = String::new();
+    let mut rules = String::new();
+    for (index, flows) in units.iter().enumerate() {
+        for ipv6 in [false, true] {
+            let (address, family) = if ipv6 {
+                ("ipv6_addr", "ip6")
+            } else {
+                ("ipv4_addr", "ip")
+            };
+            let elements: Vec<String> = flows
+                .iter()
+                .filter(|f| f.source.is_ipv6() == ipv6 && f.destination.is_ipv6() == ipv6)
+                .map(|f| {
+                    format!(
+                        "{} . {} . {} . {}",
+                        f.source.ip(),
+                        f.source.port(),
+                        f.destination.ip(),
+                        f.destination.port()
+                    )
+                })
+                .collect();
+            let set = flow_set(index, ipv6);
+            let _ = write!(
+                sets,
+                "  set {set} {{\n    type {address} . inet_service . {address} . inet_service\n"
+            );
+            if !elements.is_empty() {
+                let _ = writeln!(sets, "    elements = {{ {} }}", elements.join(", "));
+            }
+            sets.push_str("  }\n");
+            let _ = writeln!(
+                rules,
+                "    {family} saddr . tcp sport . {family} daddr . tcp dport @{set} {verdict}"
+            );
+        }
     }
     format!(
-        "table inet {table} {{\n  chain input {{\n    type filter hook input priority -300; policy accept;\n{input}  }}\n}}\n"
+        "table inet {HOLD_TABLE} {{\n{sets}  chain prerouting {{\n    type filter hook prerouting priority -300; policy accept;\n{rules}  }}\n}}\n"
     )
+}
+
+/// The nft commands that stop holding the unit at `index`.
+pub fn release_rules(index: usize) -> String {
+    [false, true]
+        .iter()
+        .map(|&ipv6| format!("flush set inet {HOLD_TABLE} {}\n", flow_set(index, ipv6)))
+        .collect()
+}
+
+/// The flows CRIU locked when it checkpointed a unit, from its saved lock
+/// table (`nft list table` output: sets `conns4`/`conns6` whose elements
+/// are `address . port . address . port`). CRIU locks exactly what it
+/// dumped, so this covers connections that opened after the plan.
+pub fn criu_locked_flows(table_text: &str) -> Vec<Flow> {
+    let mut flows = Vec::new();
+    for set in ["conns4", "conns6"] {
+        let Some(start) = table_text.find(&format!("set {set} {{")) else {
+            continue;
+        };
+        let block = &table_text[start..];
+        let block = &block[..block_end(block).unwrap_or(block.len())];
+        let Some(at) = block.find("elements = {") else {
+            continue;
+        };
+        let body = &block[at + "elements = {".len()..];
+        let body = &body[..body.find('}').unwrap_or(body.len())];
+        for element in body.split(',') {
+            let parts: Vec<&str> = element.split(" . ").map(str::trim).collect();
+            if let [a, p, b, q] = parts.as_slice()
+                && let (Ok(a), Ok(p), Ok(b), Ok(q)) = (
+                    a.parse::<IpAddr>(),
+                    p.parse::<u16>(),
+                    b.parse::<IpAddr>(),
+                    q.parse::<u16>(),
+                )
+            {
+                flows.push(Flow {
+                    source: on_the_wire(SocketAddr::new(a, p)),
+                    destination: on_the_wire(SocketAddr::new(b, q)),
+                });
+            }
+        }
+    }
+    flows
+}
+
+/// Where the `{ ... }` block that starts in `text` ends (after its `}`).
+fn block_end(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, c) in text.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return Some(i + 1);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The flows to hold for a unit: its peers' side of each planned
+/// connection, and whatever CRIU locked at the dump.
+pub fn unit_flows(unit: &UnitSnapshot, criu_lock: &str) -> Vec<Flow> {
+    let mut flows: Vec<Flow> = unit.connections.iter().map(inbound_flow).collect();
+    for flow in criu_locked_flows(criu_lock) {
+        if !flows.contains(&flow) {
+            flows.push(flow);
+        }
+    }
+    flows
 }
 
 /// A request from a restore helper.
@@ -176,7 +283,7 @@ impl Request {
 #[derive(Debug)]
 struct HeldUnit {
     name: String,
-    table: String,
+    index: usize,
     pids: Vec<i32>,
     /// Ids of this unit's packets waiting in the queue, oldest first.
     queued: Vec<u32>,
@@ -202,31 +309,36 @@ pub enum Arrival {
 /// What releasing a unit takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Release {
-    /// The table to delete.
-    pub table: String,
+    /// The unit's index in the manifest (its sets).
+    pub index: usize,
     /// The queued packets, oldest first, and the verdict for them.
     pub packets: Vec<u32>,
     pub verdict: Verdict,
 }
 
 impl HeldUnits {
-    /// The units of `manifest`, in its order (the table index).
-    pub fn new(manifest: &Manifest) -> Self {
+    /// The units of `manifest`, in its order (the set index), holding
+    /// `flows[i]` for unit `i`. Units in `done` (restored or cold-started
+    /// earlier in this boot) are released already.
+    pub fn new(manifest: &Manifest, flows: &[Vec<Flow>], done: &[String]) -> Self {
         let mut by_flow = HashMap::new();
         let units = manifest
             .units
             .iter()
             .enumerate()
             .map(|(index, unit)| {
-                for connection in &unit.connections {
-                    by_flow.insert(inbound_flow(connection), index);
+                let released = done.contains(&unit.unit);
+                if !released {
+                    for flow in flows.get(index).into_iter().flatten() {
+                        by_flow.insert(*flow, index);
+                    }
                 }
                 HeldUnit {
                     name: unit.unit.clone(),
-                    table: hold_table(index),
+                    index,
                     pids: needed_pids(unit),
                     queued: Vec::new(),
-                    released: false,
+                    released,
                 }
             })
             .collect();
@@ -247,8 +359,10 @@ impl HeldUnits {
             }
             // Queued just before its unit was released: the socket is back.
             Some(_) => Arrival::Now(Verdict::Accept),
-            // Our rules match only our flows; anything else is not ours to
-            // hold, and letting it through is what no rule would do.
+            // Only our rules feed this queue, so an unreadable packet is
+            // one of ours: let TCP retransmit it rather than draw a reset.
+            None if packet.flow.is_none() => Arrival::Now(Verdict::Drop),
+            // Not one of our flows (after a release): not ours to hold.
             None => Arrival::Now(Verdict::Accept),
         }
     }
@@ -271,7 +385,7 @@ impl HeldUnits {
         }
         held.released = true;
         Ok(Release {
-            table: held.table.clone(),
+            index: held.index,
             packets: std::mem::take(&mut held.queued),
             verdict,
         })
@@ -325,12 +439,44 @@ fn claim_for_this_boot(transaction_dir: &Path, boot_id: &str) -> Result<()> {
 pub fn run(transaction_dir: &Path, boot_id: &str, settings: &HoldSettings) -> Result<()> {
     claim_for_this_boot(transaction_dir, boot_id)?;
     let manifest = Manifest::read_from(transaction_dir)?;
-    let mut held = HeldUnits::new(&manifest);
+    // Started again in this boot (a restored unit was restarted): units
+    // with an outcome are back already and must not be held again.
+    let done: Vec<String> = read_outcomes(transaction_dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| o.unit)
+        .collect();
+    let pending: Vec<&UnitSnapshot> = manifest
+        .units
+        .iter()
+        .filter(|u| !done.contains(&u.unit))
+        .collect();
+    if pending.is_empty() {
+        notify_systemd("READY=1\nSTATUS=every unit was restored already");
+        tracing::info!("every unit of this snapshot was restored already; nothing to hold");
+        return Ok(());
+    }
+    let flows: Vec<Vec<Flow>> = manifest
+        .units
+        .iter()
+        .map(|unit| {
+            if done.contains(&unit.unit) {
+                return Vec::new();
+            }
+            let lock = transaction_dir
+                .join(unit_dir_name(&unit.unit))
+                .join(HOLD_RULES_FILE);
+            unit_flows(unit, &fs::read_to_string(lock).unwrap_or_default())
+        })
+        .collect();
+    let mut held = HeldUnits::new(&manifest, &flows, &done);
     let started = Instant::now();
 
     // Pids first: the earlier, the fewer processes exist to collide with.
     let mut reservation = PidReservation::new();
-    for unit in &manifest.units {
+    let needed: Vec<i32> = pending.iter().flat_map(|u| needed_pids(u)).collect();
+    make_room_for(&needed);
+    for unit in &pending {
         for (pid, error) in reservation.reserve(&needed_pids(unit)) {
             match error {
                 ReserveError::PidTaken { .. } => tracing::warn!(
@@ -342,6 +488,9 @@ pub fn run(transaction_dir: &Path, boot_id: &str, settings: &HoldSettings) -> Re
             }
         }
     }
+    // Ordinary pid allocation goes on above every pid reserved: once freed
+    // for the restore, none is handed out again before the counter wraps.
+    move_pid_counter_past(&needed);
 
     let queue = match settings.packets {
         PacketHold::Queue => match PacketQueue::bind(HOLD_QUEUE, QUEUE_MAX_LEN) {
@@ -355,30 +504,17 @@ pub fn run(transaction_dir: &Path, boot_id: &str, settings: &HoldSettings) -> Re
         },
         PacketHold::Drop => None,
     };
-    let mut failures = Vec::new();
-    for (index, unit) in manifest.units.iter().enumerate() {
-        if unit.connections.is_empty() {
-            continue;
-        }
-        let rules = hold_rules(
-            &hold_table(index),
-            &unit.connections,
-            queue.as_ref().map(PacketQueue::number),
-        );
-        if let Err(e) = nft_apply(&rules) {
-            failures.push(format!("{}: {e:#}", unit.unit));
-        }
-    }
-    if !failures.is_empty() {
-        bail!("could not hold every connection: {}", failures.join("; "));
-    }
+    // A table left by an earlier run of the hold in this boot goes first.
+    let _ = nft_apply(&format!("delete table inet {HOLD_TABLE}\n"));
+    nft_apply(&hold_rules(&flows, queue.as_ref().map(PacketQueue::number)))
+        .context("could not hold the connections")?;
 
     let listener = listen(Path::new(HOLD_SOCKET))?;
-    let connections: usize = manifest.units.iter().map(|u| u.connections.len()).sum();
+    let connections: usize = flows.iter().map(Vec::len).sum();
     notify_systemd(&format!(
-        "READY=1\nSTATUS=holding {connections} connections and {} pids of {} units{}",
+        "READY=1\nSTATUS=holding {connections} flows and {} pids of {} units{}",
         reservation.held().len(),
-        manifest.units.len(),
+        pending.len(),
         if queue.is_some() {
             " (queued)"
         } else {
@@ -386,15 +522,15 @@ pub fn run(transaction_dir: &Path, boot_id: &str, settings: &HoldSettings) -> Re
         }
     ));
     tracing::info!(
-        "holding {connections} connections of {} units, {} pids reserved",
-        manifest.units.len(),
+        "holding {connections} flows of {} units, {} pids reserved",
+        pending.len(),
         reservation.held().len()
     );
 
     let terminate = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGTERM, Arc::clone(&terminate))
         .context("cannot handle SIGTERM")?;
-    let give_up_after = settings.restore_timeout * (manifest.units.len() as u32 + 1) + HOLD_SLACK;
+    let give_up_after = settings.restore_timeout * (pending.len() as u32 + 1) + HOLD_SLACK;
     let deadline = started + give_up_after;
     let mut packets_held: u64 = 0;
     while !held.remaining().is_empty() {
@@ -448,6 +584,9 @@ pub fn run(transaction_dir: &Path, boot_id: &str, settings: &HoldSettings) -> Re
         }
     }
     reservation.release_all();
+    if let Err(e) = nft_apply(&format!("delete table inet {HOLD_TABLE}\n")) {
+        tracing::warn!("cannot delete the hold's table: {e:#}");
+    }
     let _ = fs::remove_file(HOLD_SOCKET);
     tracing::info!(
         "hold ended after {:.1} s, {packets_held} packets held",
@@ -547,19 +686,53 @@ fn join(pids: &[i32]) -> String {
         .join(",")
 }
 
-/// Decides the queued packets, oldest first, then deletes the unit's table
-/// so that new packets go straight to the socket. In this order because
-/// the kernel discards what is still queued by a rule when the rule goes
-/// away; a packet queued between the verdicts and the deletion is lost
-/// that way, which TCP repairs with a retransmission.
+/// Decides the queued packets, oldest first, then empties the unit's sets
+/// so that new packets go straight to the socket. A packet queued between
+/// the two is taken by the loop afterwards and let through (its unit is
+/// released).
 fn apply_release(release: &Release, queue: Option<&PacketQueue>) {
     if let Some(queue) = queue {
         for &id in &release.packets {
             verdict_or_log(queue, id, release.verdict);
         }
     }
-    if let Err(e) = nft_delete_table(&release.table) {
-        tracing::warn!("cannot delete {}: {e:#}", release.table);
+    if let Err(e) = nft_apply(&release_rules(release.index)) {
+        tracing::warn!("cannot release unit {} of the hold: {e:#}", release.index);
+    }
+}
+
+/// Raises `kernel.pid_max` when a needed pid is above it (early in the
+/// boot the kernel's default may still be in force).
+fn make_room_for(pids: &[i32]) {
+    let Some(&highest) = pids.iter().max() else {
+        return;
+    };
+    let path = "/proc/sys/kernel/pid_max";
+    let current: i32 = fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(i32::MAX);
+    if highest >= current
+        && let Err(e) = fs::write(path, (highest + 1).to_string())
+    {
+        tracing::warn!("cannot raise pid_max to {}: {e}", highest + 1);
+    }
+}
+
+/// Moves the pid counter to the highest of `pids` when it is below it.
+fn move_pid_counter_past(pids: &[i32]) {
+    let Some(&highest) = pids.iter().max() else {
+        return;
+    };
+    let path = "/proc/sys/kernel/ns_last_pid";
+    let last: i32 = fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0);
+    if last < highest
+        && let Err(e) = fs::write(path, highest.to_string())
+    {
+        tracing::warn!("cannot move the pid counter past {highest}: {e}");
     }
 }
 
@@ -591,16 +764,10 @@ fn nft_apply(rules: &str) -> Result<()> {
     Ok(())
 }
 
-/// Deletes an nftables table of the inet family.
-pub fn nft_delete_table(table: &str) -> Result<()> {
-    let output = Command::new("nft")
-        .args(["delete", "table", "inet", table])
-        .output()
-        .context("cannot run nft")?;
-    if !output.status.success() {
-        bail!("nft: {}", String::from_utf8_lossy(&output.stderr).trim());
-    }
-    Ok(())
+/// Stops holding the unit at `index` without the hold process (it died):
+/// its packets then reach the socket, or draw a reset when there is none.
+pub fn release_without_hold(index: usize) -> Result<()> {
+    nft_apply(&release_rules(index))
 }
 
 fn listen(path: &Path) -> Result<UnixListener> {
@@ -755,38 +922,79 @@ mod tests {
         }
     }
 
+    fn flows(m: &Manifest) -> Vec<Vec<Flow>> {
+        m.units.iter().map(|u| unit_flows(u, "")).collect()
+    }
+
     #[test]
-    fn rules_queue_the_peers_packets_only() {
+    fn rules_queue_the_peers_packets_per_unit_set() {
         let m = manifest();
-        let rules = hold_rules(
-            "seamless-reboot-hold-0",
-            &m.units[0].connections,
-            Some(21330),
-        );
+        let rules = hold_rules(&flows(&m), Some(21330));
         assert!(
-            rules.starts_with("table inet seamless-reboot-hold-0 {"),
+            rules.starts_with("table inet seamless-reboot-hold {"),
             "{rules}"
         );
-        assert!(rules.contains("ip saddr 10.0.2.2 tcp sport 40000 ip daddr 10.0.2.15 tcp dport 7000 queue num 21330"), "{rules}");
         // The dual-stack connection is matched as the IPv4 packets it sends.
-        assert!(rules.contains("ip saddr 10.0.2.2 tcp sport 40001 ip daddr 10.0.2.15 tcp dport 7000 queue num 21330"), "{rules}");
-        // Nothing the restored socket sends is held back.
+        assert!(
+            rules.contains(
+                "elements = { 10.0.2.2 . 40000 . 10.0.2.15 . 7000, 10.0.2.2 . 40001 . 10.0.2.15 . 7000 }"
+            ),
+            "{rules}"
+        );
+        assert!(rules.contains("set unit0_v4 {"), "{rules}");
+        assert!(rules.contains("set unit1_v6 {"), "{rules}");
+        assert!(
+            rules.contains("elements = { 2001:db8::2 . 5000 . 2001:db8::1 . 22 }"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains("ip saddr . tcp sport . ip daddr . tcp dport @unit0_v4 queue num 21330"),
+            "{rules}"
+        );
+        assert!(
+            rules.contains(
+                "ip6 saddr . tcp sport . ip6 daddr . tcp dport @unit1_v6 queue num 21330"
+            ),
+            "{rules}"
+        );
+        // Before connection tracking; nothing the restored socket sends is held.
+        assert!(rules.contains("hook prerouting priority -300"), "{rules}");
         assert!(!rules.contains("output"), "{rules}");
         assert!(!rules.contains("ffff"), "{rules}");
-        let v6 = hold_rules("t", &m.units[1].connections, None);
-        assert!(
-            v6.contains(
-                "ip6 saddr 2001:db8::2 tcp sport 5000 ip6 daddr 2001:db8::1 tcp dport 22 drop"
-            ),
-            "{v6}"
-        );
-        assert!(!v6.contains("queue"), "{v6}");
         assert_eq!(rules.matches('{').count(), rules.matches('}').count());
+        let dropped = hold_rules(&flows(&m), None);
+        assert!(dropped.contains("@unit1_v6 drop"), "{dropped}");
+        assert!(!dropped.contains("queue"), "{dropped}");
+        // A release empties the unit's sets; it never deletes a chain, which
+        // would make the kernel discard every queued packet.
+        assert_eq!(
+            release_rules(1),
+            "flush set inet seamless-reboot-hold unit1_v4\nflush set inet seamless-reboot-hold unit1_v6\n"
+        );
+    }
+
+    #[test]
+    fn flows_criu_locked_at_the_dump_are_held_too() {
+        let criu = "table inet CRIU-563 {\n\tset conns4 {\n\t\ttype ipv4_addr . inet_service . ipv4_addr . inet_service\n\t\telements = { 10.0.2.15 . 7000 . 10.0.2.2 . 40000,\n\t\t\t     10.0.2.2 . 40009 . 10.0.2.15 . 7000 }\n\t}\n\n\tset conns6 {\n\t\ttype ipv6_addr . inet_service . ipv6_addr . inet_service\n\t}\n\n\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n\t\tmeta mark != 0xc114 ip saddr . tcp sport . ip daddr . tcp dport @conns4 drop\n\t}\n}\n";
+        let locked = criu_locked_flows(criu);
+        assert_eq!(locked.len(), 2, "{locked:?}");
+        assert_eq!(locked[1].source, "10.0.2.2:40009".parse().expect("addr"));
+        let m = manifest();
+        let all = unit_flows(&m.units[0], criu);
+        // The planned two, plus both directions CRIU locked, without repeats.
+        assert_eq!(all.len(), 4, "{all:?}");
+        assert!(all.contains(&Flow {
+            source: "10.0.2.2:40009".parse().expect("addr"),
+            destination: "10.0.2.15:7000".parse().expect("addr"),
+        }));
+        assert!(criu_locked_flows("").is_empty());
+        assert!(criu_locked_flows("set conns4 { elements = { garbage, 1 . 2 } }").is_empty());
     }
 
     #[test]
     fn packets_are_held_per_unit_and_released_in_order() {
-        let mut held = HeldUnits::new(&manifest());
+        let m = manifest();
+        let mut held = HeldUnits::new(&m, &flows(&m), &[]);
         assert_eq!(
             held.arrived(&packet(7, "10.0.2.2:40000", "10.0.2.15:7000")),
             Arrival::Held
@@ -799,14 +1007,15 @@ mod tests {
             held.arrived(&packet(8, "10.0.2.2:40001", "10.0.2.15:7000")),
             Arrival::Held
         );
-        // Not one of ours, or not parsable: not held.
+        // Not one of ours: let through. Unreadable (only ours come here):
+        // dropped, so the new kernel cannot answer it with a reset.
         assert_eq!(
             held.arrived(&packet(10, "10.0.2.2:40002", "10.0.2.15:7000")),
             Arrival::Now(Verdict::Accept)
         );
         assert_eq!(
             held.arrived(&QueuedPacket { id: 11, flow: None }),
-            Arrival::Now(Verdict::Accept)
+            Arrival::Now(Verdict::Drop)
         );
 
         let a = held
@@ -815,7 +1024,7 @@ mod tests {
         assert_eq!(
             a,
             Release {
-                table: "seamless-reboot-hold-0".into(),
+                index: 0,
                 packets: vec![7, 8],
                 verdict: Verdict::Accept
             }
@@ -835,16 +1044,25 @@ mod tests {
             "unknown unit"
         );
         let b = held.release("b.service", Verdict::Drop).expect("release b");
-        assert_eq!(
-            (b.table.as_str(), b.packets, b.verdict),
-            ("seamless-reboot-hold-1", vec![9], Verdict::Drop)
-        );
+        assert_eq!((b.index, b.packets, b.verdict), (1, vec![9], Verdict::Drop));
         assert!(held.remaining().is_empty());
     }
 
     #[test]
+    fn units_restored_earlier_in_the_boot_are_not_held_again() {
+        let m = manifest();
+        let mut held = HeldUnits::new(&m, &flows(&m), &["a.service".to_string()]);
+        assert_eq!(held.remaining(), vec!["b.service".to_string()]);
+        assert_eq!(
+            held.arrived(&packet(7, "10.0.2.2:40000", "10.0.2.15:7000")),
+            Arrival::Now(Verdict::Accept)
+        );
+    }
+
+    #[test]
     fn pids_and_thread_ids_are_reserved_once_each() {
-        let held = HeldUnits::new(&manifest());
+        let m = manifest();
+        let held = HeldUnits::new(&m, &flows(&m), &[]);
         assert_eq!(held.pids_of("a.service").expect("a"), vec![550, 560, 561]);
         assert_eq!(held.pids_of("b.service").expect("b"), vec![600]);
         assert!(held.pids_of("c.service").is_err());
