@@ -410,6 +410,29 @@ impl Drop for WindowScalingOff {
     }
 }
 
+/// `release-unit`, run when the unit stops (or its start failed): makes
+/// sure the hold no longer holds its connections. Normally the restore
+/// helper released them already, and this finds nothing to do.
+pub fn release_unit(snapshot_dir: &Path, unit: &str) -> Result<()> {
+    let transaction_dir = snapshot_dir
+        .parent()
+        .context("the snapshot directory has no parent")?;
+    let hold = HoldClient::find();
+    if let Some(hold) = &hold
+        && !hold.holds(unit)
+    {
+        return Ok(());
+    }
+    release_connections(
+        transaction_dir,
+        snapshot_dir,
+        unit,
+        Verdict::Accept,
+        hold.as_ref(),
+    );
+    Ok(())
+}
+
 /// Gives the unit's connections to this kernel: through the hold process
 /// when there is one (which re-injects or drops what it queued), else by
 /// deleting the tables that hold them (the hold's, if it died, and CRIU's

@@ -446,6 +446,16 @@ pub fn restore_dropin(
         snapshot_dir.display(),
         unit
     ));
+    if after.is_some() {
+        // However the start ends (the helper killed by the timeout, say),
+        // the unit's connections must not stay on hold.
+        text.push_str(&format!(
+            "ExecStopPost=-{} release-unit {} {}\n",
+            binary.display(),
+            snapshot_dir.display(),
+            unit
+        ));
+    }
     text
 }
 

@@ -7,8 +7,8 @@
 //! logic live in `seamless-reboot-core`.
 //!
 //! Internal commands: `daemon` (run by `seamless-reboot.service`), and, run
-//! by the units the generator writes, `hold TRANSACTION_DIR` and
-//! `restore-unit SNAPSHOT_DIR UNIT`.
+//! by the units the generator writes, `hold TRANSACTION_DIR`,
+//! `restore-unit SNAPSHOT_DIR UNIT` and `release-unit SNAPSHOT_DIR UNIT`.
 
 mod daemon;
 
@@ -102,6 +102,13 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
                 criu_timeout: config.timeouts.restore(),
             };
             nextboot::restore_unit(Path::new(dir), unit, &settings)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("release-unit") => {
+            let [dir, unit] = &args[1..] else {
+                bail!("usage: seamless-reboot release-unit SNAPSHOT_DIR UNIT")
+            };
+            nextboot::release_unit(Path::new(dir), unit)?;
             Ok(ExitCode::SUCCESS)
         }
         Some("-h" | "--help" | "help") => {

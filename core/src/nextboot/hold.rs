@@ -252,8 +252,10 @@ pub enum Request {
     /// Free the unit's reserved pids (CRIU is about to fork them).
     FreePids(String),
     /// Give the unit's connections to the new kernel: its held packets are
-    /// accepted (restored) or dropped (the unit cold-starts).
+    /// accepted (re-injected) or dropped.
     Release(String, Verdict),
+    /// Whether the unit is still held.
+    Holds(String),
 }
 
 impl Request {
@@ -266,6 +268,7 @@ impl Request {
                 Ok(Request::Release((*unit).to_string(), Verdict::Accept))
             }
             ["release", unit, "drop"] => Ok(Request::Release((*unit).to_string(), Verdict::Drop)),
+            ["holds", unit] => Ok(Request::Holds((*unit).to_string())),
             _ => bail!("not a hold request: {line:?}"),
         }
     }
@@ -276,6 +279,7 @@ impl Request {
             Request::FreePids(unit) => format!("free-pids {unit}"),
             Request::Release(unit, Verdict::Accept) => format!("release {unit} accept"),
             Request::Release(unit, Verdict::Drop) => format!("release {unit} drop"),
+            Request::Holds(unit) => format!("holds {unit}"),
         }
     }
 }
@@ -389,6 +393,16 @@ impl HeldUnits {
             packets: std::mem::take(&mut held.queued),
             verdict,
         })
+    }
+
+    /// The manifest index of `unit`.
+    fn index_of(&self, unit: &str) -> Result<usize> {
+        Ok(self.unit(unit)?.index)
+    }
+
+    /// Whether `unit` is held (known and not released).
+    pub fn holds(&self, unit: &str) -> bool {
+        self.units.iter().any(|u| u.name == unit && !u.released)
     }
 
     /// Units not released yet.
@@ -579,9 +593,14 @@ pub fn run(transaction_dir: &Path, boot_id: &str, settings: &HoldSettings) -> Re
     // Whatever is still held goes to the new kernel now: it answers with a
     // reset, rather than the peers waiting for a service not coming back.
     for unit in held.remaining() {
-        if let Ok(release) = held.release(&unit, Verdict::Accept) {
-            apply_release(&release, queue.as_ref());
+        if let Err(e) = release_unit(&mut held, &unit, Verdict::Accept, queue.as_ref()) {
+            tracing::warn!("{unit}: {e:#}");
         }
+    }
+    // Anything queued since goes through before the table (and with it the
+    // queue's contents) goes away.
+    if let Some(queue) = &queue {
+        take_packets(queue, &mut held);
     }
     reservation.release_all();
     if let Err(e) = nft_apply(&format!("delete table inet {HOLD_TABLE}\n")) {
@@ -599,16 +618,25 @@ pub fn run(transaction_dir: &Path, boot_id: &str, settings: &HoldSettings) -> Re
 /// lets the others through. Returns how many it held.
 fn take_packets(queue: &PacketQueue, held: &mut HeldUnits) -> u64 {
     let mut count = 0;
-    match queue.receive() {
-        Ok(packets) => {
-            for packet in packets {
-                match held.arrived(&packet) {
-                    Arrival::Held => count += 1,
-                    Arrival::Now(verdict) => verdict_or_log(queue, packet.id, verdict),
+    // Until nothing waits (bounded: the kernel queue is bounded too).
+    for _ in 0..64 {
+        match queue.receive() {
+            Ok(packets) if packets.is_empty() => break,
+            Ok(packets) => {
+                for packet in packets {
+                    match held.arrived(&packet) {
+                        Arrival::Held => count += 1,
+                        Arrival::Now(verdict) => verdict_or_log(queue, packet.id, verdict),
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!("reading the packet queue: {e}");
+                if !e.is_transient() {
+                    break;
                 }
             }
         }
-        Err(e) => tracing::warn!("reading the packet queue: {e}"),
     }
     count
 }
@@ -658,14 +686,13 @@ fn handle(
             tracing::info!("{unit}: freed pids {freed:?} for its restore");
             Ok(format!("freed={} missing={}", join(&freed), join(&missing)))
         }
+        Request::Holds(unit) => Ok(if held.holds(&unit) { "yes" } else { "no" }.to_string()),
         Request::Release(unit, verdict) => {
-            // What arrived since the last look belongs with the rest.
-            if let Some(queue) = queue {
-                take_packets(queue, held);
+            if !held.holds(&unit) {
+                bail!("{unit} is not held");
             }
-            let release = held.release(&unit, verdict)?;
+            let release = release_unit(held, &unit, verdict, queue)?;
             let count = release.packets.len();
-            apply_release(&release, queue);
             tracing::info!(
                 "{unit}: released its connections, {count} held packets {}",
                 if verdict == Verdict::Accept {
@@ -686,19 +713,32 @@ fn join(pids: &[i32]) -> String {
         .join(",")
 }
 
-/// Decides the queued packets, oldest first, then empties the unit's sets
-/// so that new packets go straight to the socket. A packet queued between
-/// the two is taken by the loop afterwards and let through (its unit is
-/// released).
-fn apply_release(release: &Release, queue: Option<&PacketQueue>) {
+/// Releases `unit`: first empties its sets, so that nothing more of it is
+/// queued and new packets go straight to the socket; then takes what was
+/// queued up to that moment and decides it all, oldest first. In this
+/// order because whatever is still queued when the table goes away at the
+/// end is discarded by the kernel, and a discarded segment costs a peer a
+/// retransmission timeout that is still backed off from the pause.
+fn release_unit(
+    held: &mut HeldUnits,
+    unit: &str,
+    verdict: Verdict,
+    queue: Option<&PacketQueue>,
+) -> Result<Release> {
+    let index = held.index_of(unit)?;
+    if let Err(e) = nft_apply(&release_rules(index)) {
+        tracing::warn!("cannot release unit {index} of the hold: {e:#}");
+    }
+    if let Some(queue) = queue {
+        take_packets(queue, held);
+    }
+    let release = held.release(unit, verdict)?;
     if let Some(queue) = queue {
         for &id in &release.packets {
             verdict_or_log(queue, id, release.verdict);
         }
     }
-    if let Err(e) = nft_apply(&release_rules(release.index)) {
-        tracing::warn!("cannot release unit {} of the hold: {e:#}", release.index);
-    }
+    Ok(release)
 }
 
 /// Raises `kernel.pid_max` when a needed pid is above it (early in the
@@ -844,6 +884,12 @@ impl HoldClient {
     /// in use: a pid taken before the hold ran is a collision).
     pub fn free_pids(&self, unit: &str) -> Result<String> {
         self.ask(&Request::FreePids(unit.to_string()))
+    }
+
+    /// Whether the hold still holds `unit` (false when it cannot tell).
+    pub fn holds(&self, unit: &str) -> bool {
+        self.ask(&Request::Holds(unit.to_string()))
+            .is_ok_and(|reply| reply == "yes")
     }
 
     /// Gives the unit's connections to the new kernel.
@@ -1030,6 +1076,7 @@ mod tests {
             }
         );
         assert_eq!(held.remaining(), vec!["b.service".to_string()]);
+        assert!(!held.holds("a.service") && held.holds("b.service"));
         // Late packets of a released unit go through.
         assert_eq!(
             held.arrived(&packet(12, "10.0.2.2:40000", "10.0.2.15:7000")),
@@ -1074,6 +1121,7 @@ mod tests {
             Request::FreePids("a@b.service".into()),
             Request::Release("a.service".into(), Verdict::Accept),
             Request::Release("a.service".into(), Verdict::Drop),
+            Request::Holds("a.service".into()),
         ] {
             assert_eq!(
                 Request::parse(&format!("{}\n", request.to_line())).expect("parse"),

@@ -328,4 +328,14 @@ fn restore_dropin_makes_the_unit_adopt_the_restored_pid() {
         text.contains("After=seamless-reboot-hold.service\n"),
         "{text}"
     );
+    // However its start ends, the unit's connections leave the hold.
+    assert!(text.contains("ExecStopPost=-/usr/bin/seamless-reboot release-unit /var/lib/seamless-reboot/images/t1/unit-a.service a.service\n"), "{text}");
+    // An in-place restore (no hold) has nothing to release.
+    let in_place = restore_dropin(
+        Path::new("/usr/bin/seamless-reboot"),
+        Path::new("/var/lib/seamless-reboot/images/t1/unit-a.service"),
+        "a.service",
+        None,
+    );
+    assert!(!in_place.contains("ExecStopPost"), "{in_place}");
 }
