@@ -805,7 +805,7 @@ fn seamless_steps(session: &mut Session<'_>, linux_peer: bool) -> Result<()> {
     session
         .report
         .timing("handover_to_restored_s", restored_at - handed_over);
-    // Traffic resumes when the peers retransmit: wait until the line client
+    // Traffic resumes once the held packets are re-injected: wait until the line client
     // has had replies again (the service's count grows past its value at the
     // update by more than the lines sent before it).
     let resumed = poll(
