@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::criu::{Criu, DumpOptions, Notification};
+use crate::criu::{Criu, DumpOptions, Notification, scripts};
 use crate::inventory::{Inventory, UnitInventory};
 use crate::kexec::{InitrdImage, KernelImage, KernelLoader};
 use crate::manifest::{read_boot_id, read_kernel_release};
@@ -220,10 +220,17 @@ impl Platform for LinuxPlatform {
             .with_context(|| format!("cannot open {}", images_dir.display()))?;
         let mut options = DumpOptions::new(dir.as_fd(), pid);
         options.external_unix_sockets = external_unix.to_vec();
-        // CRIU freezes the tree right after it starts and the tree is gone
-        // when it answers, so the call's duration bounds the frozen time.
-        let started = Instant::now();
-        let mut notify = |_: Notification<'_>| -> Result<()> { Ok(()) };
+        // CRIU freezes the tree a little after its pre-dump hook (its dump
+        // setup comes in between) and the tree is gone when it answers, so
+        // that span bounds the frozen time from above. Without the hook the
+        // whole call bounds it, including CRIU's start.
+        let mut started = Instant::now();
+        let mut notify = |n: Notification<'_>| -> Result<()> {
+            if n.script == scripts::PRE_DUMP {
+                started = Instant::now();
+            }
+            Ok(())
+        };
         self.criu.dump(&options, &mut notify).with_context(|| {
             format!(
                 "CRIU could not checkpoint pid {pid} (log: {}/dump.log)",
