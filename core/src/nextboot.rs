@@ -219,46 +219,28 @@ pub fn restore_unit(snapshot_dir: &Path, unit: &str, settings: &RestoreSettings)
     } else {
         restore_with_criu(transaction_dir, &snapshot, settings, hold.as_ref())
     };
+    // Restored or not, the unit's connections leave the hold now: the held
+    // packets go to the restored socket, or, with no socket for them, this
+    // kernel answers them with a reset so the peers learn at once.
+    release_connections(transaction_dir, snapshot_dir, unit, hold.as_ref());
     let (kind, detail, pid) = match attempt {
-        Ok(pid) => {
-            release_connections(
-                transaction_dir,
-                snapshot_dir,
-                unit,
-                Verdict::Accept,
-                hold.as_ref(),
-            );
-            (OutcomeKind::Restored, format!("restored pid {pid}"), pid)
-        }
-        Err(error) => {
-            // The held packets go to this kernel too: it has no socket for
-            // them and answers with a reset, so the peers learn at once.
-            release_connections(
-                transaction_dir,
-                snapshot_dir,
-                unit,
-                Verdict::Accept,
-                hold.as_ref(),
-            );
-            match cold_start(&snapshot) {
-                Ok(pid) => (OutcomeKind::ColdStarted, format!("{error:#}"), pid),
-                Err(cold) => {
-                    if !already {
-                        let _ = record(
-                            transaction_dir,
-                            unit,
-                            OutcomeKind::Failed,
-                            format!("{error:#}; cold start: {cold:#}"),
-                            started,
-                            &snapshot,
-                        );
-                    }
-                    bail!(
-                        "{unit}: restore failed ({error:#}) and so did the cold start ({cold:#})"
+        Ok(pid) => (OutcomeKind::Restored, format!("restored pid {pid}"), pid),
+        Err(error) => match cold_start(&snapshot) {
+            Ok(pid) => (OutcomeKind::ColdStarted, format!("{error:#}"), pid),
+            Err(cold) => {
+                if !already {
+                    let _ = record(
+                        transaction_dir,
+                        unit,
+                        OutcomeKind::Failed,
+                        format!("{error:#}; cold start: {cold:#}"),
+                        started,
+                        &snapshot,
                     );
                 }
+                bail!("{unit}: restore failed ({error:#}) and so did the cold start ({cold:#})");
             }
-        }
+        },
     };
     let pid_path = pid_file(unit);
     if let Some(dir) = pid_path.parent() {
@@ -423,13 +405,7 @@ pub fn release_unit(snapshot_dir: &Path, unit: &str) -> Result<()> {
     {
         return Ok(());
     }
-    release_connections(
-        transaction_dir,
-        snapshot_dir,
-        unit,
-        Verdict::Accept,
-        hold.as_ref(),
-    );
+    release_connections(transaction_dir, snapshot_dir, unit, hold.as_ref());
     Ok(())
 }
 
@@ -441,11 +417,10 @@ fn release_connections(
     transaction_dir: &Path,
     snapshot_dir: &Path,
     unit: &str,
-    verdict: Verdict,
     hold: Option<&HoldClient>,
 ) {
     if let Some(hold) = hold {
-        match hold.release(unit, verdict) {
+        match hold.release(unit, Verdict::Accept) {
             Ok(reply) => {
                 tracing::info!("{unit}: connections released ({reply})");
                 return;

@@ -304,6 +304,34 @@ impl Session<'_> {
         Ok(middle - (uptime - entered_us / 1e6))
     }
 
+    /// Waits for the guest to answer from a boot other than `old_boot_id`
+    /// (after a kexec) and records the new kernel and boot id.
+    pub fn back_after_kexec(&mut self, old_boot_id: &str) -> Result<BootInfo> {
+        let back = self
+            .guest()
+            .wait_up(KEXEC_TIMEOUT, Some(old_boot_id))
+            .with_context(|| format!("after kexec; console tail:\n{}", self.vm.console_tail(30)))?;
+        self.report.kernel_after = Some(back.kernel.clone());
+        self.report.boot_id_after = Some(back.boot_id.clone());
+        Ok(back)
+    }
+
+    /// Waits for `unit` to be active with a main pid; returns that pid and
+    /// when the unit became active (host clock).
+    pub fn wait_unit_active(&self, unit: &str) -> Result<(i32, f64)> {
+        let guest = self.guest().clone();
+        let pid = poll(
+            "the unit to be active again",
+            Duration::from_secs(180),
+            Duration::from_millis(250),
+            || {
+                let (active, pid) = unit_main_pid(&guest, unit)?;
+                Ok((active == "active" && pid > 0).then_some(pid))
+            },
+        )?;
+        Ok((pid, self.unit_active_since_unix(unit)?))
+    }
+
     /// Whether every client has ended by itself (a client ends when its
     /// connection breaks).
     pub fn clients_have_exited(&mut self) -> bool {
@@ -516,28 +544,8 @@ fn pid_collision_steps(session: &mut Session<'_>) -> Result<()> {
         session.vm.run_dir.join("update.log"),
         format!("{}{}", update.stdout, update.stderr),
     )?;
-    let back = session
-        .guest()
-        .wait_up(KEXEC_TIMEOUT, Some(&old.boot_id))
-        .with_context(|| {
-            format!(
-                "after kexec; console tail:\n{}",
-                session.vm.console_tail(30)
-            )
-        })?;
-    session.report.kernel_after = Some(back.kernel.clone());
-    session.report.boot_id_after = Some(back.boot_id.clone());
-    let guest = session.guest().clone();
-    let started_pid = poll(
-        "the unit to be active again",
-        Duration::from_secs(180),
-        Duration::from_millis(250),
-        || {
-            let (active, pid) = unit_main_pid(&guest, unit)?;
-            Ok((active == "active" && pid > 0).then_some(pid))
-        },
-    )?;
-    let started_at = session.unit_active_since_unix(unit)?;
+    let back = session.back_after_kexec(&old.boot_id)?;
+    let (started_pid, started_at) = session.wait_unit_active(unit)?;
     // The clients end by themselves once the peer hears a reset.
     let ended = poll(
         "the clients to see their connections end",
@@ -546,6 +554,7 @@ fn pid_collision_steps(session: &mut Session<'_>) -> Result<()> {
         || Ok(session.clients_have_exited().then_some(())),
     );
     session.stop_clients()?;
+    let guest = session.guest().clone();
     let squatter = guest.sh("systemctl show -p MainPID --value lab-pid-squatter.service")?;
     let status = guest.sh("seamless-reboot status")?;
     std::fs::write(session.vm.run_dir.join("status.txt"), &status)?;
@@ -781,32 +790,11 @@ fn seamless_steps(session: &mut Session<'_>, linux_peer: bool) -> Result<()> {
     // The command returns right after systemd accepted the kexec request.
     let handed_over = now_unix();
     let requested = Instant::now();
-    let back = session
-        .guest()
-        .wait_up(KEXEC_TIMEOUT, Some(&old.boot_id))
-        .with_context(|| {
-            format!(
-                "after kexec; console tail:\n{}",
-                session.vm.console_tail(30)
-            )
-        })?;
+    let back = session.back_after_kexec(&old.boot_id)?;
     session
         .report
         .timing("handover_to_ssh_s", requested.elapsed().as_secs_f64());
-    session.report.kernel_after = Some(back.kernel.clone());
-    session.report.boot_id_after = Some(back.boot_id.clone());
-
-    let guest = session.guest().clone();
-    let restored_pid = poll(
-        "the unit to be active again",
-        Duration::from_secs(180),
-        Duration::from_millis(250),
-        || {
-            let (active, pid) = unit_main_pid(&guest, unit)?;
-            Ok((active == "active" && pid > 0).then_some(pid))
-        },
-    )?;
-    let restored_at = session.unit_active_since_unix(unit)?;
+    let (restored_pid, restored_at) = session.wait_unit_active(unit)?;
     session
         .report
         .timing("handover_to_restored_s", restored_at - handed_over);
