@@ -183,6 +183,19 @@ fn plan_unit(platform: &dyn Platform, unit: &str) -> Result<PlannedUnit> {
     let inventory = platform
         .inventory(&status)
         .with_context(|| format!("{unit}: cannot list its processes and sockets"))?;
+    if !inventory.outside_main_tree.is_empty() {
+        let list: Vec<String> = inventory
+            .outside_main_tree
+            .iter()
+            .map(|p| format!("{} (`{}`, parent {})", p.pid, p.comm, p.ppid))
+            .collect();
+        bail!(
+            "{unit}: process {} not under its main process {}; CRIU saves only the main \
+             process and its descendants, so it would be lost",
+            list.join(", "),
+            status.main_pid
+        );
+    }
     Ok(PlannedUnit { status, inventory })
 }
 
@@ -303,22 +316,26 @@ fn forward(
             unit: name.clone(),
             snapshot_dir: snapshot_dir.clone(),
         });
-        let lock_tables: Vec<String> = platform
-            .nft_tables()?
-            .into_iter()
-            .filter(|t| t.starts_with("CRIU-") && !tables_before.contains(t))
-            .collect();
-        let mut rules = String::new();
-        for table in &lock_tables {
-            rules.push_str(&platform.nft_list_table(table)?);
-        }
-        write_file(&snapshot_dir.join(HOLD_RULES_FILE), rules.as_bytes())?;
+        // The unit's record comes first: it is what the in-place restore of
+        // an undo reads, so nothing that can fail goes before it. The pids
+        // and thread ids the next boot keeps free are the ones CRIU saved,
+        // not the plan's (a thread may have started or ended since); if the
+        // saved tree cannot be read, the record keeps the plan's for the
+        // in-place restore and the checkpoint fails.
+        let tree = crate::criu::images::read_process_tree(&images);
+        let (pids, thread_ids) = match &tree {
+            Ok(tree) => (tree.pids(), tree.thread_ids()),
+            Err(_) => (
+                unit.inventory.pids.clone(),
+                unit.inventory.thread_ids.clone(),
+            ),
+        };
         let snapshot = UnitSnapshot {
             unit: name.clone(),
             images_dir: format!("{}/{IMAGES_SUBDIR}", unit_dir_name(name)),
             main_pid: unit.status.main_pid,
-            pids: unit.inventory.pids.clone(),
-            thread_ids: unit.inventory.thread_ids.clone(),
+            pids,
+            thread_ids,
             exec_start: unit.status.exec_start.clone(),
             connections: unit.inventory.established.clone(),
             journal_socket_inodes: unit.inventory.stdio_socket_inodes.clone(),
@@ -329,6 +346,25 @@ fn forward(
             &snapshot_dir.join(UNIT_SNAPSHOT_FILE),
             serde_json::to_string_pretty(&snapshot)?.as_bytes(),
         )?;
+        let tree =
+            tree.with_context(|| format!("cannot read the process tree CRIU saved for {name}"))?;
+        if tree.root_pid() != unit.status.main_pid {
+            bail!(
+                "CRIU saved a process tree of {name} rooted at pid {}, not at its main pid {}",
+                tree.root_pid(),
+                unit.status.main_pid
+            );
+        }
+        let lock_tables: Vec<String> = platform
+            .nft_tables()?
+            .into_iter()
+            .filter(|t| t.starts_with("CRIU-") && !tables_before.contains(t))
+            .collect();
+        let mut rules = String::new();
+        for table in &lock_tables {
+            rules.push_str(&platform.nft_list_table(table)?);
+        }
+        write_file(&snapshot_dir.join(HOLD_RULES_FILE), rules.as_bytes())?;
         done.push(Checkpointed {
             unit: name.clone(),
             frozen: stats.frozen,

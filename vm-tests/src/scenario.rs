@@ -615,7 +615,8 @@ fn pid_collision_steps(session: &mut Session<'_>) -> Result<()> {
 /// which CRIU cannot checkpoint. Expected: the command fails and says why,
 /// no kexec happens, both units run on the old kernel with their old main
 /// pids, the first unit's connections survive with nothing lost, no kernel
-/// stays loaded, and no drop-in or lock rule is left behind.
+/// stays loaded, and no drop-in or lock rule is left behind. Before that, a
+/// dry run refuses a unit with a process outside its main process's tree.
 pub fn failed_checkpoint(lab: &Lab) -> Result<ScenarioReport> {
     lab.run_scenario(
         "failed-checkpoint",
@@ -626,9 +627,46 @@ pub fn failed_checkpoint(lab: &Lab) -> Result<ScenarioReport> {
 
 fn failed_checkpoint_steps(session: &mut Session<'_>) -> Result<()> {
     let kernel_b = session.lab.kernel_b().clone();
-    let state = session.start_lab_service()?;
-    session.guest().sh("systemctl start lab-blocker.service")?;
     let guest = session.guest().clone();
+    let state = session.start_lab_service()?;
+
+    // First the plan's refusal: a unit with a process outside its main
+    // process's tree (here an orphan that PID 1 adopted), which CRIU would
+    // not save, is refused by the dry run before anything is touched.
+    guest
+        .sh("systemd-run --unit=lab-stray.service /bin/sh -c '(sleep 1000 &); exec sleep 1001'")?;
+    let mut last_output = String::new();
+    let refusal = poll(
+        "the check to refuse lab-stray.service",
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        || {
+            let check = guest.run(
+                &format!(
+                    "seamless-reboot --check --kernel /boot/{} --unit lab-stray.service",
+                    kernel_b.vmlinuz
+                ),
+                Duration::from_secs(120),
+            )?;
+            let text = format!("{}{}", check.stdout, check.stderr);
+            last_output.clone_from(&text);
+            Ok(
+                (!check.status.success() && text.contains("not under its main process"))
+                    .then_some(text),
+            )
+        },
+    );
+    guest.sh("systemctl stop lab-stray.service")?;
+    session.report.check(
+        "a unit with a process outside its main tree is refused by the check",
+        refusal.is_ok(),
+        match &refusal {
+            Ok(text) => text.trim().to_string(),
+            Err(e) => format!("{e:#}; it said: {}", last_output.trim()),
+        },
+    );
+
+    guest.sh("systemctl start lab-blocker.service")?;
     let (_, service_pid) = unit_main_pid(&guest, "lab-service.service")?;
     let (blocker_state, blocker_pid) = unit_main_pid(&guest, "lab-blocker.service")?;
     if blocker_state != "active" {

@@ -5,6 +5,7 @@
 //! * [`Transport`] / [`exchange`] — the request → notify* → response protocol,
 //!   independent of any process, so it is unit-tested with a scripted fake.
 //! * [`Swrk`] — one `criu swrk` child process and its socket.
+//! * [`images`] — the process tree a dump saved (`pstree.img`).
 //! * [`Criu`] — high-level calls: [`Criu::version`], [`Criu::check`],
 //!   [`Criu::dump`], [`Criu::restore`], built from [`DumpOptions`],
 //!   [`RestoreOptions`] and [`CheckOptions`].
@@ -92,6 +93,7 @@
 
 mod client;
 mod error;
+pub mod images;
 mod options;
 mod protocol;
 pub mod rpc;

@@ -108,6 +108,12 @@ pub struct UnitInventory {
     pub thread_ids: Vec<i32>,
     /// The main pid.
     pub main_pid: i32,
+    /// Processes of the cgroup that are not the main process nor one of its
+    /// descendants (an orphan adopted by PID 1, a process an `ExecStartPost`
+    /// left behind). CRIU saves only the main process's tree, so these would
+    /// be lost; the plan refuses such a unit.
+    #[serde(default)]
+    pub outside_main_tree: Vec<OutsideProcess>,
     /// Listening TCP addresses.
     pub listening: Vec<SocketAddr>,
     /// Established TCP connections.
@@ -116,6 +122,17 @@ pub struct UnitInventory {
     pub stdio_socket_inodes: Vec<u64>,
     /// Other sockets, counted.
     pub other_sockets: SocketCounts,
+}
+
+/// A process of a unit's cgroup outside its main process's tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutsideProcess {
+    /// Its pid.
+    pub pid: i32,
+    /// Its parent's pid.
+    pub ppid: i32,
+    /// Its command name (`/proc/<pid>/comm`).
+    pub comm: String,
 }
 
 /// Everything that can go wrong taking an inventory.
@@ -254,17 +271,71 @@ impl Inventory {
         }
         pids.retain(|pid| !sockets.gone_pids.contains(pid));
         let thread_ids = self.cgroup_thread_ids(unit, cgroup, &pids)?;
+        let outside_main_tree = self.outside_main_tree(main_pid, &pids)?;
         Ok(UnitInventory {
             unit: unit.to_owned(),
             cgroup: cgroup.to_owned(),
             pids,
             thread_ids,
             main_pid,
+            outside_main_tree,
             listening: sockets.listening,
             established: sockets.established,
             stdio_socket_inodes: sockets.stdio_socket_inodes,
             other_sockets: sockets.other_sockets,
         })
+    }
+
+    /// The processes among `pids` that are neither `main_pid` nor below it.
+    /// A process's ancestors are followed through `/proc/<pid>/stat` within
+    /// `pids` (a descendant of the main process is in the unit's cgroup or
+    /// one below it, all of which `pids` lists). Processes that exit
+    /// meanwhile are left out.
+    pub fn outside_main_tree(
+        &self,
+        main_pid: i32,
+        pids: &[i32],
+    ) -> Result<Vec<OutsideProcess>, InventoryError> {
+        let mut parents = BTreeMap::new();
+        let mut names = BTreeMap::new();
+        for &pid in pids.iter().filter(|&&pid| pid != main_pid) {
+            let path = self.root.join(format!("proc/{pid}/stat"));
+            let text = match fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&path, "cannot read")(e)),
+            };
+            let (comm, ppid) = parse_stat(&text).ok_or_else(|| InventoryError::Parse {
+                path: path.clone(),
+                line: 1,
+                detail: "expected `pid (comm) state ppid ...`".into(),
+            })?;
+            parents.insert(pid, ppid);
+            names.insert(pid, comm);
+        }
+        let mut outside = Vec::new();
+        for (&pid, &ppid) in &parents {
+            let mut ancestor = ppid;
+            // Each step moves to a listed parent; a cycle cannot happen in
+            // the kernel's tree, the bound only guards against a bad read.
+            for _ in 0..=parents.len() {
+                if ancestor == main_pid {
+                    break;
+                }
+                match parents.get(&ancestor) {
+                    Some(&next) => ancestor = next,
+                    None => break,
+                }
+            }
+            if ancestor != main_pid {
+                outside.push(OutsideProcess {
+                    pid,
+                    ppid,
+                    comm: names.remove(&pid).unwrap_or_default(),
+                });
+            }
+        }
+        Ok(outside)
     }
 
     /// Thread ids of the cgroup (and its sub-cgroups) that are not one of
@@ -496,6 +567,19 @@ fn read_table(path: &Path, required: bool) -> Result<Option<String>, InventoryEr
         Err(e) if e.kind() == io::ErrorKind::NotFound && !required => Ok(None),
         Err(e) => Err(io_err(path, "cannot read")(e)),
     }
+}
+
+/// The command name and parent pid in `/proc/<pid>/stat`. The name is in
+/// parentheses and may itself contain spaces and parentheses, so it ends at
+/// the last `)`.
+fn parse_stat(text: &str) -> Option<(String, i32)> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text.get(open + 1..close)?.to_owned();
+    let mut fields = text.get(close + 1..)?.split_whitespace();
+    let _state = fields.next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((comm, ppid))
 }
 
 /// The inode in a `socket:[<inode>]` link target.

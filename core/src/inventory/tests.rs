@@ -62,6 +62,11 @@ fn fake_tree() -> tempfile::TempDir {
     write(&cg.join("cgroup.controllers"), "");
     write(&cg.join("worker/cgroup.procs"), "101\n");
     write(&cg.join("worker/cgroup.threads"), "101\n103\n104\n");
+    write(&root.join("proc/100/stat"), "100 (demo) S 1 100 100 0 -1\n");
+    write(
+        &root.join("proc/101/stat"),
+        "101 (demo worker) S 100 100 100 0 -1\n",
+    );
 
     // pid 100: stdin /dev/null, stdout+stderr the journal stream, a listener
     // and an IPv4 connection accepted from it.
@@ -491,4 +496,77 @@ fn thread_ids_come_from_cgroup_threads_without_the_processes() {
         .unwrap();
     assert_eq!(inv.pids, vec![100, 101]);
     assert_eq!(inv.thread_ids, vec![102, 103, 104]);
+}
+
+#[test]
+fn processes_outside_the_main_tree_are_listed_with_their_names() {
+    let tmp = fake_tree();
+    let root = tmp.path();
+    let inventory = Inventory::new(root);
+    let inv = inventory
+        .unit("demo.service", "/system.slice/demo.service", 100)
+        .unwrap();
+    assert!(
+        inv.outside_main_tree.is_empty(),
+        "{:?}",
+        inv.outside_main_tree
+    );
+
+    // 105: an orphan adopted by PID 1; 106: its child; 107: a grandchild of
+    // the main process; 108: exited before its stat was read.
+    let cg = root.join("sys/fs/cgroup/system.slice/demo.service");
+    write(&cg.join("cgroup.procs"), "100\n105\n106\n107\n108\n");
+    write(
+        &root.join("proc/105/stat"),
+        "105 (a (b) c) S 1 105 105 0 -1\n",
+    );
+    write(
+        &root.join("proc/106/stat"),
+        "106 (sleep) S 105 105 105 0 -1\n",
+    );
+    write(&root.join("proc/107/stat"), "107 (sh) S 101 105 105 0 -1\n");
+    let outside = inventory
+        .outside_main_tree(100, &[100, 101, 105, 106, 107, 108])
+        .unwrap();
+    assert_eq!(
+        outside,
+        vec![
+            OutsideProcess {
+                pid: 105,
+                ppid: 1,
+                comm: "a (b) c".into()
+            },
+            OutsideProcess {
+                pid: 106,
+                ppid: 105,
+                comm: "sleep".into()
+            },
+        ]
+    );
+
+    write(&root.join("proc/105/stat"), "105 garbage\n");
+    assert!(matches!(
+        inventory.outside_main_tree(100, &[100, 105]),
+        Err(InventoryError::Parse { line: 1, .. })
+    ));
+}
+
+#[test]
+fn real_proc_knows_our_child_is_ours_and_pid_1_is_not() {
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let me = std::process::id() as i32;
+    let child_pid = child.id() as i32;
+    let outside = Inventory::new(Path::new("/")).outside_main_tree(me, &[me, child_pid, 1]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let outside = outside.unwrap();
+    assert_eq!(
+        outside.iter().map(|p| p.pid).collect::<Vec<_>>(),
+        vec![1],
+        "{outside:?}"
+    );
+    assert_eq!(outside[0].ppid, 0);
 }

@@ -130,9 +130,11 @@ pub struct UnitSnapshot {
     pub images_dir: String,
     /// The unit's main pid at checkpoint time (CRIU restores pids as they were).
     pub main_pid: i32,
-    /// Every pid of the unit's cgroup at checkpoint time, including `main_pid`.
+    /// Every pid of the process tree CRIU saved (its `pstree.img`),
+    /// including `main_pid`.
     pub pids: Vec<i32>,
-    /// Ids of the unit's other threads; CRIU restores them as they were too.
+    /// Ids of the saved processes' other threads; CRIU restores them as
+    /// they were too.
     #[serde(default)]
     pub thread_ids: Vec<i32>,
     /// The unit's original `ExecStart` argv, for a cold start fallback.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 
 use super::*;
+use crate::criu::images::{PSTREE_IMAGE, SavedProcess, encode_process_tree};
 use crate::inventory::{SocketCounts, UnitInventory};
 use crate::kexec::boot_file::tests::{me, write_file};
 use crate::kexec::bzimage::check_kernel_file_with;
@@ -20,6 +21,12 @@ struct FakePlatform {
     calls: RefCell<Vec<String>>,
     fail: Vec<String>,
     tables: RefCell<Vec<String>>,
+    /// Units whose dump leaves no readable process tree.
+    no_tree: Vec<String>,
+    /// Processes the inventory finds outside each unit's main tree.
+    outside: Vec<crate::inventory::OutsideProcess>,
+    /// The snapshot directory each unit's restore drop-in names.
+    restore_from: RefCell<Vec<(String, PathBuf)>>,
 }
 
 impl FakePlatform {
@@ -56,12 +63,22 @@ impl Platform for FakePlatform {
         })
     }
     fn inventory(&self, status: &UnitStatus) -> Result<UnitInventory> {
-        Ok(inventory(&status.unit))
+        Ok(UnitInventory {
+            outside_main_tree: self.outside.clone(),
+            ..inventory(&status.unit)
+        })
     }
     fn boot_id_and_release(&self) -> Result<(String, String)> {
         Ok(("boot-a".into(), "6.1.0".into()))
     }
-    fn write_runtime_dropin(&self, unit: &str, name: &str, _: &str) -> Result<()> {
+    fn write_runtime_dropin(&self, unit: &str, name: &str, text: &str) -> Result<()> {
+        if let Some(rest) = text.split("restore-unit ").nth(1)
+            && let Some(dir) = rest.split_whitespace().next()
+        {
+            self.restore_from
+                .borrow_mut()
+                .push((unit.to_string(), PathBuf::from(dir)));
+        }
         self.record(format!("dropin+ {unit} {name}"))
     }
     fn remove_runtime_dropin(&self, unit: &str, name: &str) -> Result<()> {
@@ -71,7 +88,15 @@ impl Platform for FakePlatform {
         self.record("daemon-reload".into())
     }
     fn start_unit(&self, unit: &str) -> Result<()> {
-        self.record(format!("start {unit}"))
+        self.record(format!("start {unit}"))?;
+        // Like the real restore helper: no record, no restore.
+        let from = self.restore_from.borrow();
+        if let Some((_, dir)) = from.iter().rev().find(|(u, _)| u == unit)
+            && !dir.join(UNIT_SNAPSHOT_FILE).exists()
+        {
+            bail!("{unit}: no {UNIT_SNAPSHOT_FILE} to restore from");
+        }
+        Ok(())
     }
     fn nft_tables(&self) -> Result<Vec<String>> {
         Ok(self.tables.borrow().clone())
@@ -91,6 +116,23 @@ impl Platform for FakePlatform {
         self.record(format!("dump {unit}"))?;
         std::fs::create_dir_all(images_dir)?;
         std::fs::write(images_dir.join("core-1.img"), format!("pid {pid}"))?;
+        if !self.no_tree.contains(&unit) {
+            // The main process with one more thread, and a child: not what
+            // the plan's inventory listed (pid 100, thread 120).
+            let tree = [
+                SavedProcess {
+                    pid,
+                    ppid: 1,
+                    threads: vec![pid, pid + 30],
+                },
+                SavedProcess {
+                    pid: pid + 1,
+                    ppid: pid,
+                    threads: vec![pid + 1, pid + 31],
+                },
+            ];
+            std::fs::write(images_dir.join(PSTREE_IMAGE), encode_process_tree(&tree))?;
+        }
         std::fs::write(images_dir.join("dump.log"), "criu said things")?;
         let n = self.tables.borrow().len();
         self.tables.borrow_mut().push(format!("CRIU-{n}"));
@@ -116,6 +158,7 @@ fn inventory(unit: &str) -> UnitInventory {
         pids: vec![100],
         thread_ids: vec![120],
         main_pid: 100,
+        outside_main_tree: vec![],
         listening: vec![],
         established: vec![],
         stdio_socket_inodes: vec![4607],
@@ -207,6 +250,46 @@ fn happy_path_runs_in_order_and_ends_with_kexec() {
         "only b's own lock table: {rules}"
     );
     assert!(!rules.contains("CRIU-0"), "{rules}");
+}
+
+#[test]
+fn the_snapshot_keeps_the_pids_and_threads_criu_saved_not_the_plans() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let platform = FakePlatform::default();
+    let plan = plan_for(tmp.path(), &platform, &["a.service"]);
+    assert_eq!(plan.units[0].inventory.thread_ids, vec![120]);
+    let (_, mut progress) = steps();
+    run(&platform, &plan, &mut progress).expect("succeeds");
+    let manifest =
+        crate::manifest::Manifest::read_from(&plan.transaction_dir).expect("manifest written");
+    assert_eq!(manifest.units[0].pids, vec![100, 101]);
+    assert_eq!(manifest.units[0].thread_ids, vec![130, 131]);
+}
+
+#[test]
+fn an_unreadable_saved_tree_fails_the_checkpoint_and_restores_the_unit_in_place() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let platform = FakePlatform {
+        no_tree: vec!["b.service".into()],
+        ..Default::default()
+    };
+    let plan = plan_for(tmp.path(), &platform, &["a.service", "b.service"]);
+    let (_, mut progress) = steps();
+    let err = run(&platform, &plan, &mut progress).expect_err("fails");
+    let text = format!("{err}");
+    assert!(
+        text.contains("cannot read the process tree CRIU saved for b.service"),
+        "{text}"
+    );
+    assert!(text.contains("pstree.img"), "{text}");
+    assert!(text.contains("everything was undone"), "{text}");
+    let calls = platform.calls();
+    let starts: Vec<&String> = calls.iter().filter(|c| c.starts_with("start ")).collect();
+    assert_eq!(starts, vec!["start b.service", "start a.service"]);
+    assert!(!calls.contains(&"kexec".to_string()));
+    // The fake's start fails without b's record: it was written before the
+    // failure, for the in-place restore.
+    assert!(err.rollback_errors.is_empty(), "{err}");
 }
 
 #[test]
@@ -338,4 +421,22 @@ fn restore_dropin_makes_the_unit_adopt_the_restored_pid() {
         None,
     );
     assert!(!in_place.contains("ExecStopPost"), "{in_place}");
+}
+
+#[test]
+fn a_unit_with_processes_outside_its_main_tree_is_refused_by_the_plan() {
+    let mut platform = FakePlatform::default();
+    assert!(plan_unit(&platform, "a.service").is_ok());
+    platform.outside = vec![crate::inventory::OutsideProcess {
+        pid: 140,
+        ppid: 1,
+        comm: "sleep".into(),
+    }];
+    let err = plan_unit(&platform, "a.service").expect_err("refused");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("a.service: process 140 (`sleep`, parent 1) not under its main process 100"),
+        "{text}"
+    );
+    assert!(text.contains("would be lost"), "{text}");
 }
