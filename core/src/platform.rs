@@ -70,7 +70,12 @@ pub trait Platform {
     /// Checkpoints the process tree rooted at `pid` into `images_dir`, with
     /// its established TCP connections locked by nftables and the given
     /// unix socket inodes treated as external. The tree is gone afterwards.
-    fn criu_dump(&self, pid: i32, images_dir: &Path, external_unix: &[u32]) -> Result<DumpStats>;
+    fn criu_dump(
+        &self,
+        unit: &UnitStatus,
+        images_dir: &Path,
+        external_unix: &[u32],
+    ) -> Result<DumpStats>;
     /// Loads the kernel for the next kexec.
     fn load_kernel(
         &self,
@@ -113,6 +118,32 @@ fn command(program: &str, args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Fails if a process of `unit`'s cgroup is not in the process tree CRIU
+/// saved in `images_dir`, naming it. The cgroup and /proc are read below
+/// `root` (`/` in production).
+fn check_cgroup_saved(root: &Path, unit: &UnitStatus, images_dir: &Path) -> Result<()> {
+    let tree = crate::criu::images::read_process_tree(images_dir)?;
+    let members = Inventory::new(root).cgroup_pids(&unit.unit, &unit.control_group)?;
+    let unsaved = tree.unsaved(&members);
+    if unsaved.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = unsaved
+        .iter()
+        .map(|pid| {
+            let comm =
+                fs::read_to_string(root.join(format!("proc/{pid}/comm"))).unwrap_or_default();
+            format!("{pid} (`{}`)", comm.trim())
+        })
+        .collect();
+    bail!(
+        "process {} of {} is not in the tree CRIU saved (it left its main process's tree after \
+         the plan) and would be lost",
+        list.join(", "),
+        unit.unit
+    )
 }
 
 /// Parses `systemctl show` output (`Key=value` lines).
@@ -213,7 +244,13 @@ impl Platform for LinuxPlatform {
         command("nft", &["delete", "table", "inet", name]).map(drop)
     }
 
-    fn criu_dump(&self, pid: i32, images_dir: &Path, external_unix: &[u32]) -> Result<DumpStats> {
+    fn criu_dump(
+        &self,
+        unit: &UnitStatus,
+        images_dir: &Path,
+        external_unix: &[u32],
+    ) -> Result<DumpStats> {
+        let pid = unit.main_pid;
         fs::create_dir_all(images_dir)
             .with_context(|| format!("cannot create {}", images_dir.display()))?;
         let dir = fs::File::open(images_dir)
@@ -228,6 +265,12 @@ impl Platform for LinuxPlatform {
         let mut notify = |n: Notification<'_>| -> Result<()> {
             if n.script == scripts::PRE_DUMP {
                 started = Instant::now();
+            } else if n.script == scripts::POST_DUMP {
+                // Every image is written and the tree is still frozen: the
+                // last moment to abandon the dump (CRIU then resumes the
+                // tree). The plan refused processes outside the main
+                // process's tree; one that left it since would be lost.
+                check_cgroup_saved(Path::new("/"), unit, images_dir)?;
             }
             Ok(())
         };
@@ -268,6 +311,53 @@ impl Platform for LinuxPlatform {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::criu::images::{PSTREE_IMAGE, SavedProcess, encode_process_tree};
+
+    #[test]
+    fn a_cgroup_process_missing_from_the_saved_tree_fails_the_dump_by_name() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let root = tmp.path();
+        let cgroup = root.join("sys/fs/cgroup/system.slice/demo.service");
+        fs::create_dir_all(cgroup.join("worker")).expect("cgroup");
+        fs::write(cgroup.join("cgroup.procs"), "100\n").expect("procs");
+        fs::write(cgroup.join("worker/cgroup.procs"), "101\n").expect("procs");
+        let images = root.join("images");
+        fs::create_dir_all(&images).expect("images");
+        let saved = |pids: &[i32]| {
+            let tree: Vec<SavedProcess> = pids
+                .iter()
+                .map(|&pid| SavedProcess {
+                    pid,
+                    ppid: 1,
+                    threads: vec![pid],
+                })
+                .collect();
+            fs::write(images.join(PSTREE_IMAGE), encode_process_tree(&tree)).expect("pstree");
+        };
+        let unit = UnitStatus {
+            unit: "demo.service".into(),
+            main_pid: 100,
+            control_group: "/system.slice/demo.service".into(),
+            ..UnitStatus::default()
+        };
+
+        saved(&[100, 101]);
+        check_cgroup_saved(root, &unit, &images).expect("everything saved");
+
+        saved(&[100]);
+        fs::create_dir_all(root.join("proc/101")).expect("proc");
+        fs::write(root.join("proc/101/comm"), "sleep\n").expect("comm");
+        let err = check_cgroup_saved(root, &unit, &images).expect_err("101 is not saved");
+        assert!(
+            err.to_string()
+                .starts_with("process 101 (`sleep`) of demo.service is not in the tree CRIU saved"),
+            "{err}"
+        );
+
+        fs::remove_file(images.join(PSTREE_IMAGE)).expect("rm");
+        let err = check_cgroup_saved(root, &unit, &images).expect_err("no tree");
+        assert!(format!("{err:#}").contains("pstree.img"), "{err:#}");
+    }
 
     #[test]
     fn parses_systemctl_show() {

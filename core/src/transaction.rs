@@ -310,7 +310,7 @@ fn forward(
             .filter_map(|i| u32::try_from(*i).ok())
             .collect();
         let stats = platform
-            .criu_dump(unit.status.main_pid, &images, &external)
+            .criu_dump(&unit.status, &images, &external)
             .with_context(|| format!("checkpoint of {name} failed"))?;
         undo.push(Undo::RestoreInPlace {
             unit: name.clone(),

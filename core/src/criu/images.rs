@@ -84,6 +84,15 @@ impl SavedProcessTree {
         pids
     }
 
+    /// Those of `pids` that are not in the tree, in their order.
+    pub fn unsaved(&self, pids: &[i32]) -> Vec<i32> {
+        let saved = self.pids();
+        pids.iter()
+            .copied()
+            .filter(|pid| saved.binary_search(pid).is_err())
+            .collect()
+    }
+
     /// Every thread id that is not also a pid, sorted.
     pub fn thread_ids(&self) -> Vec<i32> {
         let pids = self.pids();
@@ -262,6 +271,8 @@ mod tests {
         assert_eq!(tree.root_pid(), 562);
         assert_eq!(tree.pids(), vec![562, 580]);
         assert_eq!(tree.thread_ids(), vec![570, 571]);
+        assert_eq!(tree.unsaved(&[580, 599, 562, 570]), vec![599, 570]);
+        assert!(tree.unsaved(&[562, 580]).is_empty());
     }
 
     #[test]

@@ -131,7 +131,7 @@ pub struct OutsideProcess {
     pub pid: i32,
     /// Its parent's pid.
     pub ppid: i32,
-    /// Its command name (`/proc/<pid>/comm`).
+    /// Its command name (from `/proc/<pid>/stat`).
     pub comm: String,
 }
 
@@ -296,8 +296,8 @@ impl Inventory {
         main_pid: i32,
         pids: &[i32],
     ) -> Result<Vec<OutsideProcess>, InventoryError> {
-        let mut parents = BTreeMap::new();
-        let mut names = BTreeMap::new();
+        // pid -> (parent pid, command name)
+        let mut parents: BTreeMap<i32, (i32, String)> = BTreeMap::new();
         for &pid in pids.iter().filter(|&&pid| pid != main_pid) {
             let path = self.root.join(format!("proc/{pid}/stat"));
             let text = match fs::read_to_string(&path) {
@@ -310,11 +310,11 @@ impl Inventory {
                 line: 1,
                 detail: "expected `pid (comm) state ppid ...`".into(),
             })?;
-            parents.insert(pid, ppid);
-            names.insert(pid, comm);
+            parents.insert(pid, (ppid, comm));
         }
         let mut outside = Vec::new();
-        for (&pid, &ppid) in &parents {
+        for (&pid, (ppid, comm)) in &parents {
+            let ppid = *ppid;
             let mut ancestor = ppid;
             // Each step moves to a listed parent; a cycle cannot happen in
             // the kernel's tree, the bound only guards against a bad read.
@@ -323,7 +323,7 @@ impl Inventory {
                     break;
                 }
                 match parents.get(&ancestor) {
-                    Some(&next) => ancestor = next,
+                    Some((next, _)) => ancestor = *next,
                     None => break,
                 }
             }
@@ -331,7 +331,7 @@ impl Inventory {
                 outside.push(OutsideProcess {
                     pid,
                     ppid,
-                    comm: names.remove(&pid).unwrap_or_default(),
+                    comm: comm.clone(),
                 });
             }
         }

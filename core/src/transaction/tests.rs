@@ -107,12 +107,8 @@ impl Platform for FakePlatform {
     fn nft_delete_table(&self, name: &str) -> Result<()> {
         self.record(format!("nft-delete {name}"))
     }
-    fn criu_dump(&self, pid: i32, images_dir: &Path, _: &[u32]) -> Result<DumpStats> {
-        let unit = images_dir
-            .parent()
-            .and_then(|p| p.file_name())
-            .map(|n| n.to_string_lossy().trim_start_matches("unit-").to_string())
-            .unwrap_or_default();
+    fn criu_dump(&self, status: &UnitStatus, images_dir: &Path, _: &[u32]) -> Result<DumpStats> {
+        let (unit, pid) = (status.unit.clone(), status.main_pid);
         self.record(format!("dump {unit}"))?;
         std::fs::create_dir_all(images_dir)?;
         std::fs::write(images_dir.join("core-1.img"), format!("pid {pid}"))?;
