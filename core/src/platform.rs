@@ -67,9 +67,11 @@ pub trait Platform {
     /// `nft list table inet NAME`, replayable with `nft -f`.
     fn nft_list_table(&self, name: &str) -> Result<String>;
     fn nft_delete_table(&self, name: &str) -> Result<()>;
-    /// Checkpoints the process tree rooted at `pid` into `images_dir`, with
-    /// its established TCP connections locked by nftables and the given
-    /// unix socket inodes treated as external. The tree is gone afterwards.
+    /// Checkpoints the process tree rooted at the unit's main pid into
+    /// `images_dir`, with its established TCP connections locked by nftables
+    /// and the given unix socket inodes treated as external. The tree is gone
+    /// afterwards. Fails, leaving the tree running, if a process of the
+    /// unit's cgroup is not in the saved tree.
     fn criu_dump(
         &self,
         unit: &UnitStatus,
