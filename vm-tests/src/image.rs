@@ -252,7 +252,7 @@ fn build_entry(cache_root: &Path, entry: &Path, recipe: &Recipe) -> Result<()> {
             .arg(format!("deb {mirror} {} main", recipe.suite)),
         Duration::from_secs(900),
     )?;
-    fs::write(&log, format!("{}{}", done.stdout, done.stderr))?;
+    fs::write(&log, done.output())?;
     done.ok("mmdebstrap (log in the .partial directory)")?;
 
     let (kernel_a, kernel_b) = pick_kernels(&root.join("boot"))?;

@@ -36,6 +36,11 @@ pub struct Finished {
 }
 
 impl Finished {
+    /// Its standard output followed by its standard error.
+    pub fn output(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+
     /// Fails with the command's output when it did not exit 0.
     pub fn ok(self, what: &str) -> Result<Finished> {
         if self.status.success() {

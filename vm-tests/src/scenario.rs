@@ -540,10 +540,7 @@ fn pid_collision_steps(session: &mut Session<'_>) -> Result<()> {
         ),
         Duration::from_secs(300),
     )?;
-    std::fs::write(
-        session.vm.run_dir.join("update.log"),
-        format!("{}{}", update.stdout, update.stderr),
-    )?;
+    std::fs::write(session.vm.run_dir.join("update.log"), update.output())?;
     let back = session.back_after_kexec(&old.boot_id)?;
     let (started_pid, started_at) = session.wait_unit_active(unit)?;
     // The clients end by themselves once the peer hears a reset.
@@ -648,7 +645,7 @@ fn failed_checkpoint_steps(session: &mut Session<'_>) -> Result<()> {
                 ),
                 Duration::from_secs(120),
             )?;
-            let text = format!("{}{}", check.stdout, check.stderr);
+            let text = check.output();
             last_output.clone_from(&text);
             Ok(
                 (!check.status.success() && text.contains("not under its main process"))
@@ -682,7 +679,7 @@ fn failed_checkpoint_steps(session: &mut Session<'_>) -> Result<()> {
         ),
         Duration::from_secs(300),
     )?;
-    let output = format!("{}{}", update.stdout, update.stderr);
+    let output = update.output();
     std::fs::write(session.vm.run_dir.join("update.log"), &output)?;
 
     let resumed = poll(
@@ -807,10 +804,7 @@ fn seamless_steps(session: &mut Session<'_>, linux_peer: bool) -> Result<()> {
         )
     };
     let update = session.guest().run(&script, Duration::from_secs(300))?;
-    std::fs::write(
-        session.vm.run_dir.join("update.log"),
-        format!("{}{}", update.stdout, update.stderr),
-    )?;
+    std::fs::write(session.vm.run_dir.join("update.log"), update.output())?;
     // systemd stops the ssh session as soon as it runs the kexec request, so
     // the command's last line may not reach us: having reached the hand-over
     // step is enough here, the next boot shows whether it happened.
@@ -870,7 +864,7 @@ fn seamless_steps(session: &mut Session<'_>, linux_peer: bool) -> Result<()> {
     let (_, pid_after_restart) = unit_main_pid(session.guest(), unit)?;
 
     let end = session.guest().boot_info()?;
-    let refused_text = format!("{}{}", refused.stdout, refused.stderr);
+    let refused_text = refused.output();
     let report = &mut session.report;
     report.check(
         "guest runs kernel B",
