@@ -39,6 +39,8 @@ pub struct UnitStatus {
     pub fragment_path: String,
     /// `LoadState`, e.g. `loaded`, `not-found`.
     pub load_state: String,
+    /// `PIDFile`; empty when the unit has none.
+    pub pid_file: String,
 }
 
 /// The outcome of one checkpoint.
@@ -173,7 +175,7 @@ impl Platform for LinuxPlatform {
             "systemctl",
             &[
                 "show",
-                "--property=LoadState,ActiveState,SubState,MainPID,ControlGroup,ExecStart,FragmentPath",
+                "--property=LoadState,ActiveState,SubState,MainPID,ControlGroup,ExecStart,FragmentPath,PIDFile",
                 "--",
                 unit,
             ],
@@ -189,6 +191,7 @@ impl Platform for LinuxPlatform {
             exec_start: parse_exec_start(&get("ExecStart")),
             fragment_path: get("FragmentPath"),
             load_state: get("LoadState"),
+            pid_file: get("PIDFile"),
         })
     }
 

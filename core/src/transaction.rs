@@ -196,7 +196,63 @@ fn plan_unit(platform: &dyn Platform, unit: &str) -> Result<PlannedUnit> {
             status.main_pid
         );
     }
+    if !inventory.foreign_namespaces.is_empty() {
+        let list: Vec<String> = inventory
+            .foreign_namespaces
+            .iter()
+            .map(|ns| {
+                format!(
+                    "its own {} namespace (process {}; {})",
+                    namespace_name(&ns.kind),
+                    ns.pid,
+                    namespace_options(&ns.kind)
+                )
+            })
+            .collect();
+        bail!(
+            "{unit}: cannot be preserved yet: it runs in {}; seamless-reboot does not yet \
+             checkpoint and rebuild a unit's namespaces, so its dump would fail or its \
+             restore would not be the same sandbox",
+            list.join(", ")
+        );
+    }
     Ok(PlannedUnit { status, inventory })
+}
+
+/// An operator's name for a kind of namespace (`/proc/<pid>/ns/<kind>`).
+fn namespace_name(kind: &str) -> &str {
+    match kind {
+        "mnt" => "mount",
+        "uts" => "hostname (UTS)",
+        "ipc" => "IPC",
+        "net" => "network",
+        "pid" => "PID",
+        "user" => "user",
+        "cgroup" => "cgroup",
+        "time" => "time",
+        other => other,
+    }
+}
+
+/// The unit options that give a service a namespace of this kind.
+fn namespace_options(kind: &str) -> &str {
+    match kind {
+        "mnt" => {
+            "made by PrivateTmp=, ProtectSystem=, ProtectHome=, PrivateDevices=, \
+             ProtectKernel*=, ProtectControlGroups=, ReadWritePaths=, DynamicUser= or \
+             similar options of its unit"
+        }
+        "uts" => "made by ProtectHostname= of its unit",
+        "ipc" => "made by PrivateIPC= of its unit",
+        "net" => "made by PrivateNetwork= or NetworkNamespacePath= of its unit",
+        "pid" => "made by PrivatePIDs= of its unit",
+        "user" => {
+            "made by PrivateUsers= of its unit; systemd creates that namespace after the \
+             others, a layout CRIU cannot checkpoint, so such a unit can only be restarted"
+        }
+        "cgroup" => "made by ProtectControlGroups= of its unit",
+        _ => "made by its unit's sandbox options or by the service itself",
+    }
 }
 
 /// A fresh transaction id: the time and the pid, `[a-z0-9-]`.
@@ -339,6 +395,7 @@ fn forward(
             exec_start: unit.status.exec_start.clone(),
             connections: unit.inventory.established.clone(),
             journal_socket_inodes: unit.inventory.stdio_socket_inodes.clone(),
+            pid_file: Some(unit.status.pid_file.clone()).filter(|p| !p.is_empty()),
             frozen_ms: stats.frozen.as_millis() as u64,
             images: compute_digests(&images)?,
         };
@@ -432,6 +489,8 @@ fn rollback(platform: &dyn Platform, plan: &Plan, undo: Vec<Undo>) -> Vec<anyhow
 
 /// Brings a checkpointed unit back on the running kernel: the unit restores
 /// itself through the same helper the next boot uses, then the drop-in goes.
+/// If that fails, the unit is started with its own configuration (its state
+/// is lost, but it runs), and the error says so.
 fn restore_in_place(
     platform: &dyn Platform,
     plan: &Plan,
@@ -448,7 +507,21 @@ fn restore_in_place(
     let started = platform.start_unit(unit);
     platform.remove_runtime_dropin(unit, RESTORE_DROPIN)?;
     platform.daemon_reload()?;
-    started.with_context(|| format!("{unit} could not be restored in place"))?;
+    if let Err(error) = started {
+        let cold = platform.start_unit(unit);
+        return Err(match cold {
+            Ok(()) => error.context(format!(
+                "{unit} could not be restored in place; it was started with its own command \
+                 (its state is lost; the snapshot is kept in {})",
+                snapshot_dir.display()
+            )),
+            Err(cold) => error.context(format!(
+                "{unit} could not be restored in place, and starting it with its own command \
+                 failed too ({cold:#}); the snapshot is kept in {}",
+                snapshot_dir.display()
+            )),
+        });
+    }
     let status = platform.unit_status(unit)?;
     if status.active_state != "active" {
         bail!(
@@ -462,7 +535,9 @@ fn restore_in_place(
 /// The drop-in that makes `unit` restore itself from `snapshot_dir`: systemd
 /// runs the restore helper as a forking `ExecStart` and adopts the restored
 /// process from the pid file, so the unit ends active with the restored
-/// process as its main pid, in its own cgroup. `after` orders it after the
+/// process as its main pid, in its own cgroup. The helper runs privileged
+/// (`+`): outside the unit's `User=` and sandbox, which CRIU restores for
+/// the processes themselves from what it saved. `after` orders it after the
 /// next boot's hold unit.
 pub fn restore_dropin(
     binary: &Path,
@@ -476,7 +551,7 @@ pub fn restore_dropin(
         text.push_str(&format!("[Unit]\nAfter={after}\nWants={after}\n\n"));
     }
     text.push_str(&format!(
-        "[Service]\nType=forking\nPIDFile={}\nExecStart=\nExecStart={} restore-unit {} {}\nRestart=no\nTimeoutStartSec=300\n",
+        "[Service]\nType=forking\nPIDFile={}\nExecStart=\nExecStart=+{} restore-unit {} {}\nRestart=no\nTimeoutStartSec=300\n",
         pid_file(unit).display(),
         binary.display(),
         snapshot_dir.display(),
@@ -486,7 +561,7 @@ pub fn restore_dropin(
         // However the start ends (the helper killed by the timeout, say),
         // the unit's connections must not stay on hold.
         text.push_str(&format!(
-            "ExecStopPost=-{} release-unit {} {}\n",
+            "ExecStopPost=-+{} release-unit {} {}\n",
             binary.display(),
             snapshot_dir.display(),
             unit

@@ -8,7 +8,8 @@
 //!
 //! Internal commands: `daemon` (run by `seamless-reboot.service`), and, run
 //! by the units the generator writes, `hold TRANSACTION_DIR`,
-//! `restore-unit SNAPSHOT_DIR UNIT` and `release-unit SNAPSHOT_DIR UNIT`.
+//! `restore-unit SNAPSHOT_DIR UNIT`, `release-unit SNAPSHOT_DIR UNIT` and
+//! `finish-restore TRANSACTION_DIR`.
 
 mod daemon;
 
@@ -102,6 +103,13 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
                 criu_timeout: config.timeouts.restore(),
             };
             nextboot::restore_unit(Path::new(dir), unit, &settings)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("finish-restore") => {
+            let [dir] = &args[1..] else {
+                bail!("usage: seamless-reboot finish-restore TRANSACTION_DIR")
+            };
+            nextboot::finish_restore(Path::new(dir))?;
             Ok(ExitCode::SUCCESS)
         }
         Some("release-unit") => {

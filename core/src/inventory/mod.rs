@@ -114,6 +114,11 @@ pub struct UnitInventory {
     /// be lost; the plan refuses such a unit.
     #[serde(default)]
     pub outside_main_tree: Vec<OutsideProcess>,
+    /// Namespaces a process of the unit has that are not PID 1's (the
+    /// sandbox options of its unit made them), one entry per kind, naming
+    /// the first such process.
+    #[serde(default)]
+    pub foreign_namespaces: Vec<ForeignNamespace>,
     /// Listening TCP addresses.
     pub listening: Vec<SocketAddr>,
     /// Established TCP connections.
@@ -122,6 +127,19 @@ pub struct UnitInventory {
     pub stdio_socket_inodes: Vec<u64>,
     /// Other sockets, counted.
     pub other_sockets: SocketCounts,
+}
+
+/// The kinds of namespace a process has, as named in `/proc/<pid>/ns/`.
+pub const NAMESPACE_KINDS: [&str; 8] =
+    ["mnt", "uts", "ipc", "net", "pid", "user", "cgroup", "time"];
+
+/// A namespace of a unit's process that differs from PID 1's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForeignNamespace {
+    /// Its kind, one of [`NAMESPACE_KINDS`].
+    pub kind: String,
+    /// The first process of the unit (in pid order) that has it.
+    pub pid: i32,
 }
 
 /// A process of a unit's cgroup outside its main process's tree.
@@ -272,6 +290,7 @@ impl Inventory {
         pids.retain(|pid| !sockets.gone_pids.contains(pid));
         let thread_ids = self.cgroup_thread_ids(unit, cgroup, &pids)?;
         let outside_main_tree = self.outside_main_tree(main_pid, &pids)?;
+        let foreign_namespaces = self.foreign_namespaces(&pids)?;
         Ok(UnitInventory {
             unit: unit.to_owned(),
             cgroup: cgroup.to_owned(),
@@ -279,11 +298,45 @@ impl Inventory {
             thread_ids,
             main_pid,
             outside_main_tree,
+            foreign_namespaces,
             listening: sockets.listening,
             established: sockets.established,
             stdio_socket_inodes: sockets.stdio_socket_inodes,
             other_sockets: sockets.other_sockets,
         })
+    }
+
+    /// For each kind of namespace, the first of `pids` whose namespace of
+    /// that kind is not PID 1's (`readlink /proc/<pid>/ns/<kind>` differs).
+    /// Kinds this kernel does not have (no link at PID 1) and processes that
+    /// exit meanwhile are left out.
+    pub fn foreign_namespaces(
+        &self,
+        pids: &[i32],
+    ) -> Result<Vec<ForeignNamespace>, InventoryError> {
+        let mut found = Vec::new();
+        for kind in NAMESPACE_KINDS {
+            let init = self.root.join(format!("proc/1/ns/{kind}"));
+            let Ok(init) = fs::read_link(&init) else {
+                continue;
+            };
+            for &pid in pids {
+                let path = self.root.join(format!("proc/{pid}/ns/{kind}"));
+                match fs::read_link(&path) {
+                    Ok(ns) if ns != init => {
+                        found.push(ForeignNamespace {
+                            kind: kind.to_owned(),
+                            pid,
+                        });
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err(&path, "cannot read")(e)),
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// The processes among `pids` that are neither `main_pid` nor below it.

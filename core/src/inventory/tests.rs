@@ -570,3 +570,53 @@ fn real_proc_knows_our_child_is_ours_and_pid_1_is_not() {
     );
     assert_eq!(outside[0].ppid, 0);
 }
+
+#[test]
+fn namespaces_other_than_pid_1s_are_found_once_per_kind() {
+    let tmp = fake_tree();
+    let root = tmp.path();
+    let link = |pid: i32, kind: &str, target: &str| {
+        let dir = root.join(format!("proc/{pid}/ns"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(kind);
+        let _ = std::fs::remove_file(&path);
+        std::os::unix::fs::symlink(target, path).unwrap();
+    };
+    let inventory = Inventory::new(root);
+    // Without PID 1's links there is nothing to compare with.
+    assert_eq!(inventory.foreign_namespaces(&[100, 101]).unwrap(), vec![]);
+    for kind in ["mnt", "uts", "ipc"] {
+        link(1, kind, &format!("{kind}:[1]"));
+        link(100, kind, &format!("{kind}:[1]"));
+        link(101, kind, &format!("{kind}:[1]"));
+    }
+    assert_eq!(inventory.foreign_namespaces(&[100, 101]).unwrap(), vec![]);
+    // A worker in its own mount namespace, both in their own UTS namespace.
+    link(101, "mnt", "mnt:[7]");
+    link(100, "uts", "uts:[8]");
+    link(101, "uts", "uts:[8]");
+    assert_eq!(
+        inventory.foreign_namespaces(&[100, 101, 999]).unwrap(),
+        vec![
+            ForeignNamespace {
+                kind: "mnt".into(),
+                pid: 101
+            },
+            ForeignNamespace {
+                kind: "uts".into(),
+                pid: 100
+            },
+        ]
+    );
+}
+
+#[test]
+fn real_proc_our_own_namespaces_are_pid_1s() {
+    // The test runs in the machine's namespaces (or in a container, where
+    // PID 1 shares ours too).
+    let me = std::process::id() as i32;
+    let found = Inventory::new(Path::new("/"))
+        .foreign_namespaces(&[me])
+        .unwrap();
+    assert_eq!(found, vec![], "{found:?}");
+}

@@ -137,8 +137,14 @@ pub struct UnitSnapshot {
     /// they were too.
     #[serde(default)]
     pub thread_ids: Vec<i32>,
-    /// The unit's original `ExecStart` argv, for a cold start fallback.
+    /// The unit's original `ExecStart` argv, for the operator's information
+    /// (a cold start runs the unit's own configuration through systemd).
     pub exec_start: Vec<String>,
+    /// The unit's own `PIDFile=`, if it has one: the restore writes the
+    /// restored main pid there too, so that the unit's `ExecReload=` and
+    /// `ExecStop=` commands that read it find the restored process.
+    #[serde(default)]
+    pub pid_file: Option<String>,
     /// Established TCP connections that were checkpointed.
     pub connections: Vec<TcpConnection>,
     /// Inodes of the unix sockets connecting stdout/stderr to journald; CRIU

@@ -925,6 +925,7 @@ mod tests {
             exec_start: vec!["/bin/true".into()],
             connections,
             journal_socket_inodes: vec![],
+            pid_file: None,
             frozen_ms: 1,
             images: vec![],
         }

@@ -25,8 +25,15 @@ struct FakePlatform {
     no_tree: Vec<String>,
     /// Processes the inventory finds outside each unit's main tree.
     outside: Vec<crate::inventory::OutsideProcess>,
+    /// Namespaces the inventory finds that are not PID 1's.
+    namespaces: Vec<crate::inventory::ForeignNamespace>,
     /// The snapshot directory each unit's restore drop-in names.
     restore_from: RefCell<Vec<(String, PathBuf)>>,
+    /// Units whose restore drop-in is in place now.
+    restoring: RefCell<Vec<String>>,
+    /// Units whose start fails while their restore drop-in is in place
+    /// (a failed restore), though their own command would start.
+    failing_restore: Vec<String>,
 }
 
 impl FakePlatform {
@@ -60,11 +67,13 @@ impl Platform for FakePlatform {
             exec_start: vec!["/bin/true".into()],
             fragment_path: String::new(),
             load_state: "loaded".into(),
+            pid_file: format!("/run/{unit}.pid"),
         })
     }
     fn inventory(&self, status: &UnitStatus) -> Result<UnitInventory> {
         Ok(UnitInventory {
             outside_main_tree: self.outside.clone(),
+            foreign_namespaces: self.namespaces.clone(),
             ..inventory(&status.unit)
         })
     }
@@ -78,10 +87,14 @@ impl Platform for FakePlatform {
             self.restore_from
                 .borrow_mut()
                 .push((unit.to_string(), PathBuf::from(dir)));
+            self.restoring.borrow_mut().push(unit.to_string());
         }
         self.record(format!("dropin+ {unit} {name}"))
     }
     fn remove_runtime_dropin(&self, unit: &str, name: &str) -> Result<()> {
+        if name == RESTORE_DROPIN {
+            self.restoring.borrow_mut().retain(|u| u != unit);
+        }
         self.record(format!("dropin- {unit} {name}"))
     }
     fn daemon_reload(&self) -> Result<()> {
@@ -89,6 +102,13 @@ impl Platform for FakePlatform {
     }
     fn start_unit(&self, unit: &str) -> Result<()> {
         self.record(format!("start {unit}"))?;
+        if !self.restoring.borrow().iter().any(|u| u == unit) {
+            // The unit's own command.
+            return Ok(());
+        }
+        if self.failing_restore.iter().any(|u| u == unit) {
+            bail!("injected failure: restore of {unit}");
+        }
         // Like the real restore helper: no record, no restore.
         let from = self.restore_from.borrow();
         if let Some((_, dir)) = from.iter().rev().find(|(u, _)| u == unit)
@@ -155,6 +175,7 @@ fn inventory(unit: &str) -> UnitInventory {
         thread_ids: vec![120],
         main_pid: 100,
         outside_main_tree: vec![],
+        foreign_namespaces: vec![],
         listening: vec![],
         established: vec![],
         stdio_socket_inodes: vec![4607],
@@ -260,6 +281,11 @@ fn the_snapshot_keeps_the_pids_and_threads_criu_saved_not_the_plans() {
         crate::manifest::Manifest::read_from(&plan.transaction_dir).expect("manifest written");
     assert_eq!(manifest.units[0].pids, vec![100, 101]);
     assert_eq!(manifest.units[0].thread_ids, vec![130, 131]);
+    // The unit's own pid file, which the restore writes again.
+    assert_eq!(
+        manifest.units[0].pid_file.as_deref(),
+        Some("/run/a.service.pid")
+    );
 }
 
 #[test]
@@ -390,6 +416,49 @@ fn a_unit_that_cannot_come_back_is_reported_and_its_snapshot_kept() {
 }
 
 #[test]
+fn a_failed_in_place_restore_starts_the_unit_with_its_own_command() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let platform = FakePlatform {
+        fail: vec!["dump b.service".into()],
+        failing_restore: vec!["a.service".into()],
+        ..Default::default()
+    };
+    let plan = plan_for(tmp.path(), &platform, &["a.service", "b.service"]);
+    let (_, mut progress) = steps();
+    let err = run(&platform, &plan, &mut progress).expect_err("fails");
+    let calls = platform.calls();
+    let restore = calls
+        .iter()
+        .position(|c| c == "start a.service")
+        .expect("restore attempted");
+    let dropin_gone = calls
+        .iter()
+        .position(|c| c == &format!("dropin- a.service {RESTORE_DROPIN}"))
+        .expect("restore drop-in removed");
+    let cold = calls
+        .iter()
+        .rposition(|c| c == "start a.service")
+        .expect("cold start");
+    assert!(
+        restore < dropin_gone && dropin_gone < cold,
+        "the cold start runs without the restore drop-in: {calls:?}"
+    );
+    assert_eq!(err.rollback_errors.len(), 1, "{err}");
+    let text = format!("{err}");
+    assert!(
+        text.contains("started with its own command (its state is lost"),
+        "{text}"
+    );
+    assert!(
+        plan.transaction_dir
+            .join("unit-a.service")
+            .join(UNIT_SNAPSHOT_FILE)
+            .exists(),
+        "the snapshot is kept"
+    );
+}
+
+#[test]
 fn restore_dropin_makes_the_unit_adopt_the_restored_pid() {
     let text = restore_dropin(
         Path::new("/usr/bin/seamless-reboot"),
@@ -402,13 +471,15 @@ fn restore_dropin_makes_the_unit_adopt_the_restored_pid() {
         text.contains("PIDFile=/run/seamless-reboot/a.service.pid\n"),
         "{text}"
     );
-    assert!(text.contains("ExecStart=\nExecStart=/usr/bin/seamless-reboot restore-unit /var/lib/seamless-reboot/images/t1/unit-a.service a.service\n"), "{text}");
+    // Privileged: outside the unit's User= and sandbox, which CRIU gives
+    // back to the restored processes.
+    assert!(text.contains("ExecStart=\nExecStart=+/usr/bin/seamless-reboot restore-unit /var/lib/seamless-reboot/images/t1/unit-a.service a.service\n"), "{text}");
     assert!(
         text.contains("After=seamless-reboot-hold.service\n"),
         "{text}"
     );
     // However its start ends, the unit's connections leave the hold.
-    assert!(text.contains("ExecStopPost=-/usr/bin/seamless-reboot release-unit /var/lib/seamless-reboot/images/t1/unit-a.service a.service\n"), "{text}");
+    assert!(text.contains("ExecStopPost=-+/usr/bin/seamless-reboot release-unit /var/lib/seamless-reboot/images/t1/unit-a.service a.service\n"), "{text}");
     // An in-place restore (no hold) has nothing to release.
     let in_place = restore_dropin(
         Path::new("/usr/bin/seamless-reboot"),
@@ -435,4 +506,31 @@ fn a_unit_with_processes_outside_its_main_tree_is_refused_by_the_plan() {
         "{text}"
     );
     assert!(text.contains("would be lost"), "{text}");
+}
+
+#[test]
+fn a_unit_in_its_own_namespaces_is_refused_by_the_plan_with_the_options_that_made_them() {
+    let platform = FakePlatform {
+        namespaces: vec![
+            crate::inventory::ForeignNamespace {
+                kind: "mnt".into(),
+                pid: 100,
+            },
+            crate::inventory::ForeignNamespace {
+                kind: "uts".into(),
+                pid: 101,
+            },
+        ],
+        ..Default::default()
+    };
+    let err = plan_unit(&platform, "a.service").expect_err("refused");
+    let text = format!("{err:#}");
+    assert!(
+        text.starts_with("a.service: cannot be preserved yet: it runs in its own mount namespace (process 100; made by PrivateTmp="),
+        "{text}"
+    );
+    assert!(
+        text.contains("its own hostname (UTS) namespace (process 101; made by ProtectHostname="),
+        "{text}"
+    );
 }
