@@ -24,6 +24,8 @@ use crate::manifest::{read_boot_id, read_kernel_release};
 /// What systemd says about a unit.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct UnitStatus {
+    /// The unit's canonical name (systemd's `Id`): what an alias or a name
+    /// without its suffix resolves to.
     pub unit: String,
     /// `ActiveState`, e.g. `active`, `failed`, `inactive`.
     pub active_state: String,
@@ -52,7 +54,8 @@ pub struct DumpStats {
 
 /// The system as the transaction sees it.
 pub trait Platform {
-    /// `systemctl show` of the properties in [`UnitStatus`].
+    /// `systemctl show` of the properties in [`UnitStatus`]; `unit` may be
+    /// an alias or lack its suffix, the status names the unit by its `Id`.
     fn unit_status(&self, unit: &str) -> Result<UnitStatus>;
     /// The unit's processes and sockets, read from its cgroup and /proc.
     fn inventory(&self, status: &UnitStatus) -> Result<UnitInventory>;
@@ -175,15 +178,16 @@ impl Platform for LinuxPlatform {
             "systemctl",
             &[
                 "show",
-                "--property=LoadState,ActiveState,SubState,MainPID,ControlGroup,ExecStart,FragmentPath,PIDFile",
+                "--property=Id,LoadState,ActiveState,SubState,MainPID,ControlGroup,ExecStart,FragmentPath,PIDFile",
                 "--",
                 unit,
             ],
         )?;
         let props = parse_show(&text);
         let get = |k: &str| props.get(k).cloned().unwrap_or_default();
+        let id = get("Id");
         Ok(UnitStatus {
-            unit: unit.to_string(),
+            unit: if id.is_empty() { unit.to_string() } else { id },
             active_state: get("ActiveState"),
             sub_state: get("SubState"),
             main_pid: get("MainPID").parse().unwrap_or(0),

@@ -42,6 +42,9 @@ pub const IMAGES_SUBDIR: &str = "images";
 /// A unit the plan will checkpoint.
 #[derive(Debug, Clone)]
 pub struct PlannedUnit {
+    /// The name the caller gave (an alias, or without its suffix, maybe);
+    /// `status.unit` is the unit's canonical name, which everything else uses.
+    pub requested: String,
     pub status: UnitStatus,
     pub inventory: UnitInventory,
 }
@@ -145,13 +148,7 @@ pub fn plan(
     if request.units.is_empty() {
         problems.push("no units to preserve: name them with --unit or in the configuration".into());
     }
-    let mut units = Vec::new();
-    for unit in &request.units {
-        match plan_unit(platform, unit) {
-            Ok(planned) => units.push(planned),
-            Err(e) => problems.push(format!("{e:#}")),
-        }
-    }
+    let units = plan_units(platform, &request.units, &mut problems);
     match (kernel, cmdline, problems.is_empty()) {
         (Some(kernel), Some(cmdline), true) => Ok(Plan {
             transaction_dir: image_root.join(&transaction_id),
@@ -168,10 +165,52 @@ pub fn plan(
     }
 }
 
-fn plan_unit(platform: &dyn Platform, unit: &str) -> Result<PlannedUnit> {
-    let status = platform.unit_status(unit)?;
+/// Plans each requested unit, adding what is wrong to `problems`: a unit
+/// named twice (by an alias, or with and without its suffix) counts once.
+fn plan_units(
+    platform: &dyn Platform,
+    requested: &[String],
+    problems: &mut Vec<String>,
+) -> Vec<PlannedUnit> {
+    let mut units: Vec<PlannedUnit> = Vec::new();
+    for unit in requested {
+        match plan_unit(platform, unit) {
+            Ok(planned) => {
+                let name = &planned.status.unit;
+                if let Some(first) = units.iter().find(|u| &u.status.unit == name) {
+                    problems.push(format!(
+                        "{unit}: names {name}, which is already in the update (as {}); \
+                         name each unit once",
+                        first.requested
+                    ));
+                } else {
+                    units.push(planned);
+                }
+            }
+            Err(e) => problems.push(format!("{e:#}")),
+        }
+    }
+    units
+}
+
+fn plan_unit(platform: &dyn Platform, requested: &str) -> Result<PlannedUnit> {
+    let status = platform.unit_status(requested)?;
     if status.load_state != "loaded" {
-        bail!("{unit}: no such unit (LoadState={})", status.load_state);
+        bail!(
+            "{requested}: no such unit (LoadState={})",
+            status.load_state
+        );
+    }
+    // From here on the unit is named as systemd names it: drop-ins, the
+    // snapshot and the next boot all go by the canonical name.
+    let unit = status.unit.as_str();
+    let unit = &if unit == requested {
+        unit.to_string()
+    } else {
+        format!("{requested} ({unit})")
+    };
+    if let Some(why) = never_preserved(&status.unit) {
+        bail!("{unit}: cannot be preserved: {why}");
     }
     if status.active_state != "active" || status.main_pid <= 0 {
         bail!(
@@ -216,7 +255,31 @@ fn plan_unit(platform: &dyn Platform, unit: &str) -> Result<PlannedUnit> {
             list.join(", ")
         );
     }
-    Ok(PlannedUnit { status, inventory })
+    Ok(PlannedUnit {
+        requested: requested.to_string(),
+        status,
+        inventory,
+    })
+}
+
+/// Why the update must never freeze `unit` (a canonical name), if so: the
+/// system bus, systemd's own services and this product's run the update
+/// itself or the next boot's restore, and only services can be preserved.
+pub fn never_preserved(unit: &str) -> Option<&'static str> {
+    if !unit.ends_with(".service") {
+        return Some("only services (*.service units) can be preserved");
+    }
+    match unit {
+        "dbus.service" | "dbus-broker.service" => {
+            Some("it is the system bus, which systemd, polkit and this update depend on")
+        }
+        "polkit.service" => Some("it authorizes the update itself"),
+        u if u.starts_with("seamless-reboot") => Some("it is part of seamless-reboot"),
+        u if u.starts_with("systemd-") => {
+            Some("it is part of systemd, which the update and the next boot depend on")
+        }
+        _ => None,
+    }
 }
 
 /// An operator's name for a kind of namespace (`/proc/<pid>/ns/<kind>`).

@@ -81,6 +81,14 @@ pub enum CmdlineError {
     /// An `--append` argument tries to set a parameter this tool manages.
     #[error("kernel parameter {arg:?} is managed by seamless-reboot and cannot be overridden")]
     ReservedOverride { arg: String },
+    /// An `--append` argument would change what the next boot runs (its
+    /// init, its target, extra units or a debug shell): the update restores
+    /// services into the boot they were checkpointed for, nothing else.
+    #[error(
+        "kernel parameter {arg:?} would change what the next boot runs (init, target, units or \
+         a debug shell); seamless-reboot does not pass it on"
+    )]
+    ChangesBoot { arg: String },
     /// The result does not fit the kernel's command line buffer.
     #[error(
         "the next kernel command line is {len} bytes, but kexec_file_load accepts at most {max} \
@@ -223,6 +231,39 @@ pub fn read_current_cmdline(path: &Path) -> Result<String, CmdlineError> {
         .to_owned())
 }
 
+/// Parameters that choose what the next boot runs: its init, the target or
+/// extra units systemd starts, a debug shell.
+const BOOT_CHANGING_KEYS: &[&str] = &[
+    "init",
+    "rdinit",
+    "systemd.unit",
+    "rd.systemd.unit",
+    "systemd.run",
+    "systemd.run_success_action",
+    "systemd.run_failure_action",
+    "systemd.wants",
+    "rd.systemd.wants",
+    "systemd.mask",
+    "rd.systemd.mask",
+    "systemd.debug_shell",
+    "rd.systemd.debug_shell",
+];
+
+/// Bare words that choose systemd's target (runlevels, rescue, emergency).
+const BOOT_CHANGING_WORDS: &[&str] = &[
+    "single",
+    "s",
+    "S",
+    "1",
+    "2",
+    "3",
+    "4",
+    "5",
+    "rescue",
+    "emergency",
+    "-b",
+];
+
 fn validate_override(arg: &str) -> Result<(), CmdlineError> {
     let invalid = |reason| CmdlineError::InvalidOverride {
         arg: arg.to_owned(),
@@ -251,6 +292,13 @@ fn validate_override(arg: &str) -> Result<(), CmdlineError> {
     }
     if keys_equal(key, "BOOT_IMAGE") || keys_equal(key, MARKER_KEY) {
         return Err(CmdlineError::ReservedOverride {
+            arg: arg.to_owned(),
+        });
+    }
+    if BOOT_CHANGING_KEYS.iter().any(|k| keys_equal(key, k))
+        || (!has_value(arg) && BOOT_CHANGING_WORDS.contains(&arg))
+    {
+        return Err(CmdlineError::ChangesBoot {
             arg: arg.to_owned(),
         });
     }
@@ -355,6 +403,44 @@ mod tests {
         assert_eq!(max_cmdline_len(255), 224);
         assert_eq!(max_cmdline_len(10), 0);
         assert_eq!(max_cmdline_len(u32::MAX), COMMAND_LINE_SIZE - 1);
+    }
+
+    #[test]
+    fn arguments_that_change_what_the_next_boot_runs_are_refused() {
+        for arg in [
+            "init=/bin/sh",
+            "rdinit=/bin/sh",
+            "systemd.unit=rescue.target",
+            "systemd.run-success-action=reboot",
+            "systemd.run=/bin/true",
+            "systemd.wants=evil.service",
+            "systemd.mask=seamless-reboot-hold.service",
+            "systemd.debug_shell",
+            "single",
+            "emergency",
+            "1",
+        ] {
+            let err =
+                build_next_cmdline("root=/dev/vda", &[arg], &id("t1"), DEFAULT_MAX_CMDLINE_LEN)
+                    .expect_err(arg);
+            assert!(
+                matches!(&err, CmdlineError::ChangesBoot { arg: a } if a == arg),
+                "{arg}: {err}"
+            );
+            assert!(
+                err.to_string()
+                    .contains("would change what the next boot runs"),
+                "{err}"
+            );
+        }
+        // Ordinary parameters, and the same words as values, pass.
+        assert_eq!(
+            build(
+                "root=/dev/vda",
+                &["quiet", "loglevel=1", "console=ttyS1", "mitigations=off"]
+            ),
+            "root=/dev/vda quiet loglevel=1 console=ttyS1 mitigations=off seamless_reboot.transaction=t1"
+        );
     }
 
     #[test]

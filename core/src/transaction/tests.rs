@@ -27,6 +27,8 @@ struct FakePlatform {
     outside: Vec<crate::inventory::OutsideProcess>,
     /// Namespaces the inventory finds that are not PID 1's.
     namespaces: Vec<crate::inventory::ForeignNamespace>,
+    /// Other names of units: (alias, canonical name).
+    aliases: Vec<(String, String)>,
     /// The snapshot directory each unit's restore drop-in names.
     restore_from: RefCell<Vec<(String, PathBuf)>>,
     /// Units whose restore drop-in is in place now.
@@ -58,6 +60,18 @@ impl FakePlatform {
 
 impl Platform for FakePlatform {
     fn unit_status(&self, unit: &str) -> Result<UnitStatus> {
+        // Like systemd: a name without a suffix is a service's.
+        let unit = if unit.contains('.') {
+            unit.to_string()
+        } else {
+            format!("{unit}.service")
+        };
+        let unit = self
+            .aliases
+            .iter()
+            .find(|(alias, _)| *alias == unit)
+            .map_or(unit.clone(), |(_, id)| id.clone());
+        let unit = unit.as_str();
         Ok(UnitStatus {
             unit: unit.into(),
             active_state: "active".into(),
@@ -202,6 +216,7 @@ fn plan_for(dir: &Path, platform: &FakePlatform, units: &[&str]) -> Plan {
         units: units
             .iter()
             .map(|u| PlannedUnit {
+                requested: (*u).to_string(),
                 status: platform.unit_status(u).expect("status"),
                 inventory: inventory(u),
             })
@@ -533,4 +548,66 @@ fn a_unit_in_its_own_namespaces_is_refused_by_the_plan_with_the_options_that_mad
         text.contains("its own hostname (UTS) namespace (process 101; made by ProtectHostname="),
         "{text}"
     );
+}
+
+#[test]
+fn units_are_planned_by_their_canonical_names_and_only_once() {
+    let platform = FakePlatform {
+        aliases: vec![("db.service".into(), "postgresql.service".into())],
+        ..Default::default()
+    };
+    let mut problems = Vec::new();
+    let units = plan_units(
+        &platform,
+        &[
+            "a".into(),
+            "db.service".into(),
+            "a.service".into(),
+            "postgresql.service".into(),
+        ],
+        &mut problems,
+    );
+    let names: Vec<&str> = units.iter().map(|u| u.status.unit.as_str()).collect();
+    assert_eq!(names, vec!["a.service", "postgresql.service"]);
+    assert_eq!(units[0].requested, "a");
+    assert_eq!(
+        problems,
+        vec![
+            "a.service: names a.service, which is already in the update (as a); name each unit once",
+            "postgresql.service: names postgresql.service, which is already in the update (as db.service); name each unit once",
+        ]
+    );
+}
+
+#[test]
+fn the_bus_systemd_and_seamless_reboot_itself_are_never_frozen() {
+    let platform = FakePlatform::default();
+    for (unit, why) in [
+        ("dbus.service", "system bus"),
+        ("systemd-journald.service", "part of systemd"),
+        ("seamless-reboot.service", "part of seamless-reboot"),
+        ("polkit.service", "authorizes the update"),
+        ("sshd.socket", "only services"),
+    ] {
+        let err = plan_unit(&platform, unit).expect_err(unit);
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with(&format!("{unit}: cannot be preserved: ")) && text.contains(why),
+            "{text}"
+        );
+    }
+    // Refused by the canonical name, whatever it was called.
+    let platform = FakePlatform {
+        aliases: vec![("messagebus.service".into(), "dbus.service".into())],
+        ..Default::default()
+    };
+    let text = format!(
+        "{:#}",
+        plan_unit(&platform, "messagebus").expect_err("an alias of the bus")
+    );
+    assert!(
+        text.starts_with("messagebus (dbus.service): cannot be preserved"),
+        "{text}"
+    );
+    assert!(plan_unit(&platform, "nginx").is_ok());
 }
