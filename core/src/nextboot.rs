@@ -373,8 +373,29 @@ pub fn finish_restore(transaction_dir: &Path) -> Result<()> {
             }
         }
     }
+    // The images hold the services' memory (keys, passwords, sessions):
+    // once a unit is restored or started afresh they serve nothing more.
+    wipe_images(transaction_dir, &manifest)?;
     if !failed.is_empty() {
         bail!("could not start {}", failed.join("; "));
+    }
+    Ok(())
+}
+
+/// Removes the images (not CRIU's logs) of every unit of `manifest` that
+/// was restored or cold-started; a unit that failed keeps its snapshot, the
+/// only copy of its state.
+fn wipe_images(transaction_dir: &Path, manifest: &Manifest) -> Result<()> {
+    let outcomes = read_outcomes(transaction_dir)?;
+    for snapshot in &manifest.units {
+        let done = outcomes.iter().any(|o| {
+            o.unit == snapshot.unit
+                && matches!(o.outcome, OutcomeKind::Restored | OutcomeKind::ColdStarted)
+        });
+        if done {
+            crate::transaction::remove_all_but_logs(&snapshot.images_path(transaction_dir))
+                .with_context(|| format!("cannot remove the images of {}", snapshot.unit))?;
+        }
     }
     Ok(())
 }
@@ -852,6 +873,51 @@ mod tests {
             0,
             "an ordinary boot gets nothing"
         );
+    }
+
+    #[test]
+    fn images_are_wiped_once_a_unit_is_restored_or_cold_started_but_kept_when_it_failed() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = transaction(tmp.path(), "t1-1", &["a.service", "b.service", "c.service"]);
+        let manifest = Manifest::read_from(&dir).expect("manifest");
+        for (unit, outcome) in [
+            ("a.service", OutcomeKind::Restored),
+            ("b.service", OutcomeKind::ColdStarted),
+            ("c.service", OutcomeKind::Failed),
+        ] {
+            fs::write(
+                dir.join(unit_dir_name(unit)).join("images/restore.log"),
+                "criu said things",
+            )
+            .expect("log");
+            write_outcome(
+                &dir,
+                &UnitOutcome {
+                    unit: unit.into(),
+                    outcome,
+                    detail: String::new(),
+                    recorded_unix: 2,
+                    duration_ms: 1,
+                    downtime_ms: None,
+                },
+            )
+            .expect("outcome");
+        }
+        wipe_images(&dir, &manifest).expect("wipes");
+        let left = |unit: &str| -> Vec<String> {
+            let mut names: Vec<String> = fs::read_dir(dir.join(unit_dir_name(unit)).join("images"))
+                .expect("images dir")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(left("a.service"), vec!["restore.log"]);
+        assert_eq!(left("b.service"), vec!["restore.log"]);
+        assert_eq!(left("c.service"), vec!["core-1.img", "restore.log"]);
+        // The manifest and the outcomes stay for `status`.
+        assert!(Manifest::read_from(&dir).is_ok());
+        assert_eq!(read_outcomes(&dir).expect("outcomes").len(), 3);
     }
 
     #[test]

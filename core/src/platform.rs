@@ -61,6 +61,9 @@ pub trait Platform {
     fn inventory(&self, status: &UnitStatus) -> Result<UnitInventory>;
     /// `/proc/sys/kernel/random/boot_id` and `uname -r`.
     fn boot_id_and_release(&self) -> Result<(String, String)>;
+    /// Bytes root may still write on the filesystem that holds `dir` (or,
+    /// while `dir` does not exist yet, its nearest existing parent).
+    fn free_bytes(&self, dir: &Path) -> Result<u64>;
     /// Writes `/run/systemd/system/<unit>.d/<name>` (a runtime drop-in).
     fn write_runtime_dropin(&self, unit: &str, name: &str, contents: &str) -> Result<()>;
     /// Removes a runtime drop-in written by [`Platform::write_runtime_dropin`].
@@ -212,6 +215,16 @@ impl Platform for LinuxPlatform {
         Ok((read_boot_id(root)?, read_kernel_release(root)?))
     }
 
+    fn free_bytes(&self, dir: &Path) -> Result<u64> {
+        let existing = dir
+            .ancestors()
+            .find(|d| d.exists())
+            .with_context(|| format!("no part of {} exists", dir.display()))?;
+        let stat = nix::sys::statvfs::statvfs(existing)
+            .with_context(|| format!("cannot read the free space of {}", existing.display()))?;
+        Ok(stat.blocks_free().saturating_mul(stat.fragment_size()))
+    }
+
     fn write_runtime_dropin(&self, unit: &str, name: &str, contents: &str) -> Result<()> {
         let dir = self.runtime_units.join(format!("{unit}.d"));
         fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -321,6 +334,19 @@ impl Platform for LinuxPlatform {
 mod tests {
     use super::*;
     use crate::criu::images::{PSTREE_IMAGE, SavedProcess, encode_process_tree};
+
+    #[test]
+    fn free_space_is_read_from_the_nearest_existing_directory() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let platform = LinuxPlatform::new(Duration::from_secs(1));
+        let here = platform.free_bytes(tmp.path()).expect("free space");
+        assert!(here > 0);
+        let later = platform
+            .free_bytes(&tmp.path().join("images/t1-1"))
+            .expect("free space of a directory still to be made");
+        // The same filesystem; other writers may change it a little.
+        assert!(later.abs_diff(here) < 64 << 20, "{here} vs {later}");
+    }
 
     #[test]
     fn a_cgroup_process_missing_from_the_saved_tree_fails_the_dump_by_name() {

@@ -149,6 +149,9 @@ pub fn plan(
         problems.push("no units to preserve: name them with --unit or in the configuration".into());
     }
     let units = plan_units(platform, &request.units, &mut problems);
+    if let Some(problem) = free_space_problem(platform, image_root, &units) {
+        problems.push(problem);
+    }
     match (kernel, cmdline, problems.is_empty()) {
         (Some(kernel), Some(cmdline), true) => Ok(Plan {
             transaction_dir: image_root.join(&transaction_id),
@@ -162,6 +165,38 @@ pub fn plan(
             restore_binary: restore_binary.to_path_buf(),
         }),
         _ => Err(problems),
+    }
+}
+
+/// What the images may need beyond the units' resident memory: CRIU's own
+/// metadata and logs.
+const IMAGE_OVERHEAD_BYTES: u64 = 16 << 20;
+
+/// Whether the filesystem of `image_root` lacks room for the units'
+/// images, estimated from their resident memory with a tenth and
+/// [`IMAGE_OVERHEAD_BYTES`] to spare. A dump that runs out of space halfway
+/// has frozen and stopped services for nothing, so this is checked first.
+fn free_space_problem(
+    platform: &dyn Platform,
+    image_root: &Path,
+    units: &[PlannedUnit],
+) -> Option<String> {
+    let resident: u64 = units.iter().map(|u| u.inventory.resident_bytes).sum();
+    let need = resident
+        .saturating_add(resident / 10)
+        .saturating_add(IMAGE_OVERHEAD_BYTES);
+    let mib = |b: u64| b.div_ceil(1 << 20);
+    match platform.free_bytes(image_root) {
+        Ok(free) if free >= need => None,
+        Ok(free) => Some(format!(
+            "not enough free space for the checkpoint in {}: the units hold about {} MiB of \
+             memory, so the images need about {} MiB, and {} MiB are free",
+            image_root.display(),
+            mib(resident),
+            mib(need),
+            free >> 20
+        )),
+        Err(e) => Some(format!("{e:#}")),
     }
 }
 
@@ -640,7 +675,7 @@ pub fn pid_file(unit: &str) -> PathBuf {
 
 /// Removes every file under `dir` except CRIU's `*.log` files, and the
 /// directories left empty.
-fn remove_all_but_logs(dir: &Path) -> Result<()> {
+pub(crate) fn remove_all_but_logs(dir: &Path) -> Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

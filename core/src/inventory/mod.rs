@@ -119,6 +119,10 @@ pub struct UnitInventory {
     /// the first such process.
     #[serde(default)]
     pub foreign_namespaces: Vec<ForeignNamespace>,
+    /// Resident memory of the unit's processes (`VmRSS`), in bytes: about
+    /// what CRIU will write to disk for them.
+    #[serde(default)]
+    pub resident_bytes: u64,
     /// Listening TCP addresses.
     pub listening: Vec<SocketAddr>,
     /// Established TCP connections.
@@ -291,6 +295,7 @@ impl Inventory {
         let thread_ids = self.cgroup_thread_ids(unit, cgroup, &pids)?;
         let outside_main_tree = self.outside_main_tree(main_pid, &pids)?;
         let foreign_namespaces = self.foreign_namespaces(&pids)?;
+        let resident_bytes = self.resident_bytes(&pids)?;
         Ok(UnitInventory {
             unit: unit.to_owned(),
             cgroup: cgroup.to_owned(),
@@ -299,11 +304,46 @@ impl Inventory {
             main_pid,
             outside_main_tree,
             foreign_namespaces,
+            resident_bytes,
             listening: sockets.listening,
             established: sockets.established,
             stdio_socket_inodes: sockets.stdio_socket_inodes,
             other_sockets: sockets.other_sockets,
         })
+    }
+
+    /// The summed `VmRSS` of `pids` (`/proc/<pid>/status`), in bytes.
+    /// Processes that exit meanwhile, and kernel threads (no `VmRSS`), count
+    /// nothing.
+    pub fn resident_bytes(&self, pids: &[i32]) -> Result<u64, InventoryError> {
+        let mut total = 0u64;
+        for &pid in pids {
+            let path = self.root.join(format!("proc/{pid}/status"));
+            let text = match fs::read_to_string(&path) {
+                Ok(text) => text,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&path, "cannot read")(e)),
+            };
+            let Some((index, line)) = text
+                .lines()
+                .enumerate()
+                .find(|(_, l)| l.starts_with("VmRSS:"))
+            else {
+                continue;
+            };
+            let kib = line
+                .trim_start_matches("VmRSS:")
+                .trim()
+                .strip_suffix("kB")
+                .and_then(|n| n.trim().parse::<u64>().ok())
+                .ok_or_else(|| InventoryError::Parse {
+                    path: path.clone(),
+                    line: index + 1,
+                    detail: "expected `VmRSS: <n> kB`".into(),
+                })?;
+            total = total.saturating_add(kib.saturating_mul(1024));
+        }
+        Ok(total)
     }
 
     /// For each kind of namespace, the first of `pids` whose namespace of

@@ -620,3 +620,40 @@ fn real_proc_our_own_namespaces_are_pid_1s() {
         .unwrap();
     assert_eq!(found, vec![], "{found:?}");
 }
+
+#[test]
+fn resident_memory_is_summed_over_the_processes() {
+    let tmp = fake_tree();
+    let root = tmp.path();
+    write(
+        &root.join("proc/100/status"),
+        "Name:\tdemo\nVmRSS:\t  4096 kB\nThreads:\t2\n",
+    );
+    write(
+        &root.join("proc/101/status"),
+        "Name:\tworker\nVmRSS:\t 1024 kB\n",
+    );
+    // A kernel thread has no VmRSS; 999 has exited.
+    write(&root.join("proc/102/status"), "Name:\tkthread\n");
+    let inventory = Inventory::new(root);
+    assert_eq!(
+        inventory.resident_bytes(&[100, 101, 102, 999]).unwrap(),
+        5120 * 1024
+    );
+    write(
+        &root.join("proc/101/status"),
+        "Name:\tworker\nVmRSS:\tlots\n",
+    );
+    assert!(matches!(
+        inventory.resident_bytes(&[100, 101]),
+        Err(InventoryError::Parse { line: 2, .. })
+    ));
+    // This process has some.
+    let me = std::process::id() as i32;
+    assert!(
+        Inventory::new(Path::new("/"))
+            .resident_bytes(&[me])
+            .unwrap()
+            > 0
+    );
+}

@@ -29,6 +29,8 @@ struct FakePlatform {
     namespaces: Vec<crate::inventory::ForeignNamespace>,
     /// Other names of units: (alias, canonical name).
     aliases: Vec<(String, String)>,
+    /// Free bytes where the images go (`None`: plenty).
+    free: Option<u64>,
     /// The snapshot directory each unit's restore drop-in names.
     restore_from: RefCell<Vec<(String, PathBuf)>>,
     /// Units whose restore drop-in is in place now.
@@ -93,6 +95,9 @@ impl Platform for FakePlatform {
     }
     fn boot_id_and_release(&self) -> Result<(String, String)> {
         Ok(("boot-a".into(), "6.1.0".into()))
+    }
+    fn free_bytes(&self, _: &Path) -> Result<u64> {
+        Ok(self.free.unwrap_or(u64::MAX))
     }
     fn write_runtime_dropin(&self, unit: &str, name: &str, text: &str) -> Result<()> {
         if let Some(rest) = text.split("restore-unit ").nth(1)
@@ -190,6 +195,7 @@ fn inventory(unit: &str) -> UnitInventory {
         main_pid: 100,
         outside_main_tree: vec![],
         foreign_namespaces: vec![],
+        resident_bytes: 300 << 20,
         listening: vec![],
         established: vec![],
         stdio_socket_inodes: vec![4607],
@@ -610,4 +616,35 @@ fn the_bus_systemd_and_seamless_reboot_itself_are_never_frozen() {
         "{text}"
     );
     assert!(plan_unit(&platform, "nginx").is_ok());
+}
+
+#[test]
+fn the_plan_refuses_when_the_images_would_not_fit() {
+    let mut problems = Vec::new();
+    let platform = FakePlatform {
+        free: Some(700 << 20),
+        ..Default::default()
+    };
+    let units = plan_units(
+        &platform,
+        &["a.service".into(), "b.service".into()],
+        &mut problems,
+    );
+    assert!(problems.is_empty(), "{problems:?}");
+    // Two units of 300 MiB: 600 + 60 + 16 MiB needed.
+    assert_eq!(
+        free_space_problem(&platform, Path::new("/var/x"), &units),
+        None
+    );
+    let platform = FakePlatform {
+        free: Some(650 << 20),
+        ..Default::default()
+    };
+    let problem =
+        free_space_problem(&platform, Path::new("/var/x"), &units).expect("not enough room");
+    assert_eq!(
+        problem,
+        "not enough free space for the checkpoint in /var/x: the units hold about 600 MiB of \
+         memory, so the images need about 676 MiB, and 650 MiB are free"
+    );
 }
