@@ -105,6 +105,44 @@ pub struct Config {
     pub network: Network,
     /// The next kernel's command line.
     pub kernel: Kernel,
+    /// `[policy]`: what to do with each unit (by name) that the plan finds
+    /// cannot be preserved; units not listed are [`UnitPolicy::Preserve`].
+    /// Drop-ins add to and override this table key by key.
+    pub policy: BTreeMap<String, UnitPolicy>,
+}
+
+/// What the update does with a unit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnitPolicy {
+    /// `"preserve"`: checkpoint it; if it cannot be, refuse the whole update.
+    #[default]
+    Preserve,
+    /// `"restart"`: checkpoint it if it can be; if not, leave it out and let
+    /// the next boot start it with its own configuration (a cold start, as
+    /// a plain reboot would do it, even if it is not enabled), while the
+    /// other units are preserved.
+    Restart,
+    /// `"skip"`: never checkpoint it: the kexec stops it and the next boot
+    /// starts it only if it is enabled, as with a plain reboot.
+    Skip,
+}
+
+impl UnitPolicy {
+    /// The spelling in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Preserve => "preserve",
+            Self::Restart => "restart",
+            Self::Skip => "skip",
+        }
+    }
+}
+
+impl fmt::Display for UnitPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `[timeouts]`: time limits, each between [`MIN_TIMEOUT_S`] and [`MAX_TIMEOUT_S`].
@@ -195,6 +233,7 @@ impl Default for Config {
                 disable_window_scaling_during_restore: true,
             },
             kernel: Kernel::default(),
+            policy: BTreeMap::new(),
         }
     }
 }
@@ -295,7 +334,12 @@ impl Config {
             timeouts,
             network,
             kernel,
+            policy,
         } = self;
+        let mut policies = String::new();
+        for (unit, p) in policy {
+            policies.push_str(&format!("{} = {}\n", string(unit), string(p.as_str())));
+        }
         format!(
             "units = {units}\n\
              image_dir = {image_dir}\n\
@@ -310,7 +354,10 @@ impl Config {
              disable_window_scaling_during_restore = {dws}\n\
              \n\
              [kernel]\n\
-             append = {append}\n",
+             append = {append}\n\
+             \n\
+             [policy]\n\
+             {policies}",
             units = strings(units),
             image_dir = string(&image_dir.to_string_lossy()),
             checkpoint_s = timeouts.checkpoint_s,
@@ -424,6 +471,12 @@ mod tests {
             kernel: Kernel {
                 append: vec!["quiet".into(), "x=\"a b\"".into()],
             },
+            policy: [
+                ("nginx.service".to_string(), UnitPolicy::Restart),
+                ("a@b.service".to_string(), UnitPolicy::Skip),
+            ]
+            .into_iter()
+            .collect(),
         };
         let text = c.to_toml_string();
         assert!(text.contains("hold = \"drop\"\n"), "{text}");

@@ -18,7 +18,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::error::{ConfigError, Location};
-use crate::{Config, HoldMode, MAX_TIMEOUT_S, MIN_TIMEOUT_S};
+use crate::{Config, HoldMode, MAX_TIMEOUT_S, MIN_TIMEOUT_S, UnitPolicy};
 
 /// The keys one file sets; `None` = not set in this file.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -31,6 +31,8 @@ pub(crate) struct Partial {
     pub(crate) hold: Option<HoldMode>,
     pub(crate) disable_window_scaling_during_restore: Option<bool>,
     pub(crate) append: Option<Vec<String>>,
+    /// `[policy]` entries this file sets, each replacing the same unit's.
+    pub(crate) policy: Vec<(String, UnitPolicy)>,
 }
 
 impl Partial {
@@ -60,6 +62,7 @@ impl Partial {
         if let Some(v) = self.append {
             config.kernel.append = v;
         }
+        config.policy.extend(self.policy);
     }
 }
 
@@ -198,6 +201,24 @@ impl Walker<'_> {
                         }
                     }
                 }
+                "policy" => {
+                    if let Some(table) = self.table("policy", value) {
+                        for (key, value) in table.iter() {
+                            let unit = key.get_ref().as_ref();
+                            let path = key_path("policy", unit);
+                            if let Err(reason) = check_unit_name(unit) {
+                                self.errors.push(ConfigError::InvalidUnitName {
+                                    at: self.at(key.span()),
+                                    key: path,
+                                    name: unit.to_owned(),
+                                    reason,
+                                });
+                            } else if let Some(policy) = self.policy(&path, value) {
+                                p.policy.push((unit.to_owned(), policy));
+                            }
+                        }
+                    }
+                }
                 _ => self.unknown("", key),
             }
         }
@@ -302,6 +323,23 @@ impl Walker<'_> {
             s.into_deserializer();
         match HoldMode::deserialize(de) {
             Ok(mode) => Some(mode),
+            Err(e) => {
+                self.errors.push(ConfigError::UnknownVariant {
+                    at: self.at(value.span()),
+                    key: key.to_owned(),
+                    message: e.to_string(),
+                });
+                None
+            }
+        }
+    }
+
+    fn policy(&mut self, key: &str, value: &Value<'_>) -> Option<UnitPolicy> {
+        let s = self.string(key, value)?;
+        let de: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
+            s.into_deserializer();
+        match UnitPolicy::deserialize(de) {
+            Ok(policy) => Some(policy),
             Err(e) => {
                 self.errors.push(ConfigError::UnknownVariant {
                     at: self.at(value.span()),
@@ -450,6 +488,9 @@ hold = "drop"
 disable_window_scaling_during_restore = false
 [kernel]
 append = ["quiet", "console=ttyS0"]
+[policy]
+"nginx.service" = "restart"
+"cups.service" = "skip"
 "#,
         )
         .expect("valid");
@@ -464,7 +505,27 @@ append = ["quiet", "console=ttyS0"]
                 hold: Some(HoldMode::Drop),
                 disable_window_scaling_during_restore: Some(false),
                 append: Some(vec!["quiet".into(), "console=ttyS0".into()]),
+                policy: vec![
+                    ("cups.service".into(), UnitPolicy::Skip),
+                    ("nginx.service".into(), UnitPolicy::Restart),
+                ],
             }
+        );
+    }
+
+    #[test]
+    fn policy_names_units_and_one_of_three_words() {
+        assert_eq!(
+            err("[policy]\n\"nginx\" = \"restart\"\n"),
+            "/test/config.toml:2: policy.nginx: invalid unit name `nginx`: must end in `.service` (only service units can be preserved)"
+        );
+        assert_eq!(
+            err("[policy]\n\"a.service\" = \"later\"\n"),
+            "/test/config.toml:2: policy.\"a.service\": unknown variant `later`, expected one of `preserve`, `restart`, `skip`"
+        );
+        assert_eq!(
+            err("policy = { \"a.service\" = 1 }\n"),
+            "/test/config.toml:1: policy.\"a.service\": expected string, got integer"
         );
     }
 

@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use seamless_reboot_config::{Config, ConfigError, HoldMode, LoadedConfig};
+use seamless_reboot_config::{Config, ConfigError, HoldMode, LoadedConfig, UnitPolicy};
 use tempfile::TempDir;
 
 const ETC: &str = "etc/seamless-reboot";
@@ -470,4 +470,25 @@ fn effective_config_prints_and_reloads() {
     let again = Root::new();
     again.main(ETC, &printed);
     assert_eq!(again.load().config, c);
+}
+
+#[test]
+fn policy_drop_ins_set_units_one_by_one() {
+    let root = Root::new();
+    root.main(
+        USR,
+        "[policy]\n\"a.service\" = \"restart\"\n\"b.service\" = \"skip\"\n",
+    );
+    root.drop_in(ETC, "50-b.toml", "[policy]\n\"b.service\" = \"preserve\"\n");
+    root.drop_in(ETC, "60-c.toml", "policy.\"c.service\" = \"restart\"\n");
+    let c = root.load().config;
+    let policy: Vec<(&str, UnitPolicy)> = c.policy.iter().map(|(u, p)| (u.as_str(), *p)).collect();
+    assert_eq!(
+        policy,
+        vec![
+            ("a.service", UnitPolicy::Restart),
+            ("b.service", UnitPolicy::Preserve),
+            ("c.service", UnitPolicy::Restart),
+        ]
+    );
 }

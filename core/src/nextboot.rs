@@ -74,10 +74,13 @@ pub enum Decision {
     NoMarker,
     /// A marker, but no usable snapshot for this boot (the reason).
     Refused(String),
-    /// Units to restore in this boot, from this transaction directory.
+    /// Units to restore in this boot, from this transaction directory, and
+    /// units to start with their own configuration (left out by their
+    /// `restart` policy).
     Restore {
         transaction_dir: PathBuf,
         units: Vec<String>,
+        restart_units: Vec<String>,
     },
 }
 
@@ -124,6 +127,7 @@ pub fn decide(cmdline: &str, image_root: &Path, boot_id: &str, release: &str) ->
     Decision::Restore {
         transaction_dir: dir,
         units,
+        restart_units: manifest.restart_units,
     }
 }
 
@@ -134,10 +138,15 @@ pub fn write_generated(out_dir: &Path, decision: &Decision, binary: &Path) -> Re
     let Decision::Restore {
         transaction_dir,
         units,
+        restart_units,
     } = decision
     else {
         return Ok(());
     };
+    // Started as if enabled: a cold start, as a plain reboot would do it.
+    for unit in restart_units {
+        link_wants(out_dir, "multi-user.target", unit)?;
+    }
     if units.is_empty() {
         return Ok(());
     }
@@ -700,6 +709,7 @@ mod tests {
             source_kernel: "6.12.117+deb13-amd64".into(),
             target_kernel: TARGET.into(),
             units: snapshots,
+            restart_units: vec![],
         }
         .write_in(&dir)
         .expect("manifest");
@@ -729,8 +739,29 @@ mod tests {
             Decision::Restore {
                 transaction_dir: dir,
                 units: vec!["a.service".into(), "b.service".into()],
+                restart_units: vec![],
             }
         );
+    }
+
+    #[test]
+    fn units_left_to_a_restart_are_started_without_a_restore() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let out = tmp.path().join("generator");
+        fs::create_dir_all(&out).expect("mkdir");
+        let decision = Decision::Restore {
+            transaction_dir: tmp.path().join("t1-1"),
+            units: vec!["a.service".into()],
+            restart_units: vec!["r.service".into()],
+        };
+        write_generated(&out, &decision, Path::new("/usr/bin/seamless-reboot")).expect("writes");
+        assert!(
+            out.join("multi-user.target.wants/r.service")
+                .symlink_metadata()
+                .is_ok()
+        );
+        assert!(!out.join("r.service.d").exists(), "no restore drop-in");
+        assert!(out.join("a.service.d").join(GENERATED_DROPIN).exists());
     }
 
     #[test]

@@ -24,6 +24,8 @@ use crate::inventory::UnitInventory;
 use crate::kexec::{InitrdImage, KernelImage};
 use crate::manifest::{Manifest, UnitSnapshot, compute_digests};
 use crate::platform::{Platform, UnitStatus};
+use seamless_reboot_config::UnitPolicy;
+use std::collections::BTreeMap;
 
 /// The runtime drop-in that stops systemd from restarting a unit whose
 /// process CRIU has just checkpointed (and so killed).
@@ -60,8 +62,22 @@ pub struct Plan {
     pub source_boot_id: String,
     pub source_kernel: String,
     pub units: Vec<PlannedUnit>,
+    /// Units the update leaves to the next boot, by their policy.
+    pub left_out: Vec<LeftOut>,
     /// Path of the `seamless-reboot` binary the restore drop-ins run.
     pub restore_binary: PathBuf,
+}
+
+/// A requested unit the update does not checkpoint, by its policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeftOut {
+    /// Its canonical name (as given if systemd does not know it).
+    pub unit: String,
+    /// [`UnitPolicy::Restart`]: the next boot starts it; [`UnitPolicy::Skip`]:
+    /// it starts again only if enabled.
+    pub policy: UnitPolicy,
+    /// Why it is not preserved.
+    pub reason: String,
 }
 
 /// What a finished (handed over) transaction did.
@@ -94,6 +110,9 @@ pub struct UpdateRequest {
     pub append: Vec<String>,
     /// The units to preserve.
     pub units: Vec<String>,
+    /// What to do with a unit (by canonical name) that cannot be preserved;
+    /// [`UnitPolicy::Preserve`] for units not listed.
+    pub policy: BTreeMap<String, UnitPolicy>,
 }
 
 /// Checks everything that can be checked before the system is touched and
@@ -148,7 +167,14 @@ pub fn plan(
     if request.units.is_empty() {
         problems.push("no units to preserve: name them with --unit or in the configuration".into());
     }
-    let units = plan_units(platform, &request.units, &mut problems);
+    let (units, left_out) = plan_units(platform, &request.units, &request.policy, &mut problems);
+    if units.is_empty() && !left_out.is_empty() {
+        problems.push(format!(
+            "none of the units would be preserved ({} left to the next boot by their policy), \
+             so a seamless update would be a plain reboot",
+            left_out.len()
+        ));
+    }
     if let Some(problem) = free_space_problem(platform, image_root, &units) {
         problems.push(problem);
     }
@@ -162,6 +188,7 @@ pub fn plan(
             source_boot_id,
             source_kernel,
             units,
+            left_out,
             restore_binary: restore_binary.to_path_buf(),
         }),
         _ => Err(problems),
@@ -201,15 +228,44 @@ fn free_space_problem(
 }
 
 /// Plans each requested unit, adding what is wrong to `problems`: a unit
-/// named twice (by an alias, or with and without its suffix) counts once.
+/// named twice (by an alias, or with and without its suffix) counts once; a
+/// unit that cannot be preserved is a problem unless its policy (looked up
+/// by its canonical name) leaves it to the next boot. Returns the units to
+/// checkpoint and those left out.
 fn plan_units(
     platform: &dyn Platform,
     requested: &[String],
+    policies: &BTreeMap<String, UnitPolicy>,
     problems: &mut Vec<String>,
-) -> Vec<PlannedUnit> {
+) -> (Vec<PlannedUnit>, Vec<LeftOut>) {
     let mut units: Vec<PlannedUnit> = Vec::new();
+    let mut left_out: Vec<LeftOut> = Vec::new();
     for unit in requested {
+        let canonical = platform
+            .unit_status(unit)
+            .map_or_else(|_| unit.clone(), |s| s.unit);
+        let policy = policies
+            .get(&canonical)
+            .or_else(|| policies.get(unit))
+            .copied()
+            .unwrap_or_default();
+        if left_out.iter().any(|l| l.unit == canonical) {
+            continue;
+        }
+        if policy == UnitPolicy::Skip {
+            left_out.push(LeftOut {
+                unit: canonical,
+                policy,
+                reason: "its policy is skip".into(),
+            });
+            continue;
+        }
         match plan_unit(platform, unit) {
+            Err(e) if policy == UnitPolicy::Restart => left_out.push(LeftOut {
+                unit: canonical,
+                policy,
+                reason: format!("{e:#}"),
+            }),
             Ok(planned) => {
                 let name = &planned.status.unit;
                 if let Some(first) = units.iter().find(|u| &u.status.unit == name) {
@@ -225,7 +281,7 @@ fn plan_units(
             Err(e) => problems.push(format!("{e:#}")),
         }
     }
-    units
+    (units, left_out)
 }
 
 fn plan_unit(platform: &dyn Platform, requested: &str) -> Result<PlannedUnit> {
@@ -541,6 +597,12 @@ fn forward(
         source_kernel: plan.source_kernel.clone(),
         target_kernel: plan.kernel.release().to_string(),
         units: snapshots,
+        restart_units: plan
+            .left_out
+            .iter()
+            .filter(|l| l.policy == UnitPolicy::Restart)
+            .map(|l| l.unit.clone())
+            .collect(),
     };
     manifest.write_in(&plan.transaction_dir)?;
 

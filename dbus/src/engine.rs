@@ -29,6 +29,18 @@ pub struct PlanSummary {
     /// The next kernel's full command line.
     pub cmdline: String,
     pub units: Vec<PlannedUnitSummary>,
+    /// Units left to the next boot by their policy.
+    #[serde(default)]
+    pub left_out: Vec<LeftOutSummary>,
+}
+
+/// A unit of a [`PlanSummary`] that the update does not checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeftOutSummary {
+    pub unit: String,
+    /// `restart` or `skip`.
+    pub policy: String,
+    pub reason: String,
 }
 
 /// One unit of a [`PlanSummary`].
@@ -59,6 +71,15 @@ impl PlanSummary {
                     main_pid: u.status.main_pid,
                     processes: u.inventory.pids.len(),
                     connections: u.inventory.established.len(),
+                })
+                .collect(),
+            left_out: plan
+                .left_out
+                .iter()
+                .map(|l| LeftOutSummary {
+                    unit: l.unit.clone(),
+                    policy: l.policy.to_string(),
+                    reason: l.reason.clone(),
                 })
                 .collect(),
         }
@@ -201,6 +222,7 @@ pub fn request_from_args(
         initrd,
         append,
         units,
+        ..Default::default()
     })
 }
 
@@ -239,14 +261,15 @@ impl LinuxEngine {
 }
 
 /// The request with the configuration's defaults applied, as the command
-/// line applies them: the configured units when none are named, and the
-/// configured kernel arguments after the caller's.
+/// line applies them: the configured units when none are named, the
+/// configured kernel arguments after the caller's, and the units' policies.
 pub fn with_config_defaults(request: &UpdateRequest, config: &Config) -> UpdateRequest {
     let mut request = request.clone();
     if request.units.is_empty() {
         request.units = config.units.clone();
     }
     request.append.extend(config.kernel.append.iter().cloned());
+    request.policy = config.policy.clone();
     request
 }
 

@@ -315,6 +315,7 @@ mod tests {
             initrd: None,
             append: vec!["quiet".into()],
             units: vec!["a.service".into()],
+            ..Default::default()
         };
         let (kernel, initrd, append, units) = call_args(&request).expect("args");
         assert!(Path::new(&kernel).is_absolute(), "{kernel}");

@@ -117,6 +117,7 @@ impl SimulatedEngine {
                     connections: 2,
                 })
                 .collect(),
+            left_out: Vec::new(),
         })
     }
 }

@@ -190,6 +190,17 @@ fn update(args: &[String]) -> Result<ExitCode> {
             unit.unit, unit.main_pid, unit.processes, unit.connections
         );
     }
+    for left in &plan.left_out {
+        let next_boot = if left.policy == "restart" {
+            "the next boot starts it with its own configuration"
+        } else {
+            "it stops with the kexec and starts again only if enabled"
+        };
+        println!(
+            "left out {} (policy {}): {}; {next_boot}",
+            left.unit, left.policy, left.reason
+        );
+    }
     if parsed.check {
         println!("check: no problems found");
         return Ok(ExitCode::SUCCESS);

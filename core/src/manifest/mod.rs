@@ -180,6 +180,10 @@ pub struct Manifest {
     pub target_kernel: String,
     /// The checkpointed units.
     pub units: Vec<UnitSnapshot>,
+    /// Units left out of the checkpoint by their `restart` policy: the next
+    /// boot starts them with their own configuration.
+    #[serde(default)]
+    pub restart_units: Vec<String>,
 }
 
 /// Why a manifest's content is not acceptable, independent of any file.

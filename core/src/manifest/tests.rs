@@ -40,6 +40,7 @@ pub(crate) fn sample() -> Manifest {
                 sha256: "a".repeat(64),
             }],
         }],
+        restart_units: vec!["cold.service".to_owned()],
     }
 }
 

@@ -956,6 +956,7 @@ mod tests {
                     vec![conn("[2001:db8::1]:22", "[2001:db8::2]:5000")],
                 ),
             ],
+            restart_units: vec![],
         }
     }
 

@@ -227,6 +227,7 @@ fn plan_for(dir: &Path, platform: &FakePlatform, units: &[&str]) -> Plan {
                 inventory: inventory(u),
             })
             .collect(),
+        left_out: vec![],
         restore_binary: PathBuf::from("/usr/bin/seamless-reboot"),
     }
 }
@@ -563,7 +564,7 @@ fn units_are_planned_by_their_canonical_names_and_only_once() {
         ..Default::default()
     };
     let mut problems = Vec::new();
-    let units = plan_units(
+    let (units, _) = plan_units(
         &platform,
         &[
             "a".into(),
@@ -571,6 +572,7 @@ fn units_are_planned_by_their_canonical_names_and_only_once() {
             "a.service".into(),
             "postgresql.service".into(),
         ],
+        &BTreeMap::new(),
         &mut problems,
     );
     let names: Vec<&str> = units.iter().map(|u| u.status.unit.as_str()).collect();
@@ -625,9 +627,10 @@ fn the_plan_refuses_when_the_images_would_not_fit() {
         free: Some(700 << 20),
         ..Default::default()
     };
-    let units = plan_units(
+    let (units, _) = plan_units(
         &platform,
         &["a.service".into(), "b.service".into()],
+        &BTreeMap::new(),
         &mut problems,
     );
     assert!(problems.is_empty(), "{problems:?}");
@@ -647,4 +650,80 @@ fn the_plan_refuses_when_the_images_would_not_fit() {
         "not enough free space for the checkpoint in /var/x: the units hold about 600 MiB of \
          memory, so the images need about 676 MiB, and 650 MiB are free"
     );
+}
+
+#[test]
+fn a_unit_that_cannot_be_preserved_is_left_to_the_next_boot_by_its_policy() {
+    let platform = FakePlatform {
+        namespaces: vec![crate::inventory::ForeignNamespace {
+            kind: "mnt".into(),
+            pid: 100,
+        }],
+        ..Default::default()
+    };
+    let policies: BTreeMap<String, UnitPolicy> = [
+        ("r.service".to_string(), UnitPolicy::Restart),
+        ("s.service".to_string(), UnitPolicy::Skip),
+    ]
+    .into_iter()
+    .collect();
+    let mut problems = Vec::new();
+    let (units, left_out) = plan_units(
+        &platform,
+        &["r".into(), "s.service".into(), "p.service".into()],
+        &policies,
+        &mut problems,
+    );
+    // The default policy (preserve) makes the namespaced unit a problem.
+    assert!(units.is_empty());
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("p.service: cannot be preserved yet"),
+        "{problems:?}"
+    );
+    assert_eq!(left_out.len(), 2);
+    assert_eq!(left_out[0].unit, "r.service");
+    assert_eq!(left_out[0].policy, UnitPolicy::Restart);
+    assert!(
+        left_out[0].reason.contains("its own mount namespace"),
+        "{left_out:?}"
+    );
+    assert_eq!(
+        left_out[1],
+        LeftOut {
+            unit: "s.service".into(),
+            policy: UnitPolicy::Skip,
+            reason: "its policy is skip".into(),
+        }
+    );
+    // A restart unit that can be preserved is preserved.
+    let platform = FakePlatform::default();
+    let mut problems = Vec::new();
+    let (units, left_out) = plan_units(&platform, &["r.service".into()], &policies, &mut problems);
+    assert_eq!(units.len(), 1);
+    assert!(left_out.is_empty() && problems.is_empty());
+}
+
+#[test]
+fn units_left_to_a_restart_are_named_in_the_manifest() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let platform = FakePlatform::default();
+    let mut plan = plan_for(tmp.path(), &platform, &["a.service"]);
+    plan.left_out = vec![
+        LeftOut {
+            unit: "r.service".into(),
+            policy: UnitPolicy::Restart,
+            reason: "x".into(),
+        },
+        LeftOut {
+            unit: "s.service".into(),
+            policy: UnitPolicy::Skip,
+            reason: "y".into(),
+        },
+    ];
+    let (_, mut progress) = steps();
+    run(&platform, &plan, &mut progress).expect("succeeds");
+    let manifest =
+        crate::manifest::Manifest::read_from(&plan.transaction_dir).expect("manifest written");
+    assert_eq!(manifest.restart_units, vec!["r.service"]);
 }
