@@ -180,7 +180,7 @@ impl Walker<'_> {
                         for (key, value) in table.iter() {
                             let path = key_path("network", key.get_ref());
                             match key.get_ref().as_ref() {
-                                "hold" => p.hold = self.hold(&path, value),
+                                "hold" => p.hold = self.variant::<HoldMode>(&path, value),
                                 "disable_window_scaling_during_restore" => {
                                     p.disable_window_scaling_during_restore =
                                         self.boolean(&path, value);
@@ -213,7 +213,7 @@ impl Walker<'_> {
                                     name: unit.to_owned(),
                                     reason,
                                 });
-                            } else if let Some(policy) = self.policy(&path, value) {
+                            } else if let Some(policy) = self.variant::<UnitPolicy>(&path, value) {
                                 p.policy.push((unit.to_owned(), policy));
                             }
                         }
@@ -317,29 +317,13 @@ impl Walker<'_> {
         }
     }
 
-    fn hold(&mut self, key: &str, value: &Value<'_>) -> Option<HoldMode> {
+    /// A string naming one variant of an enum (its serde spelling).
+    fn variant<T: for<'de> Deserialize<'de>>(&mut self, key: &str, value: &Value<'_>) -> Option<T> {
         let s = self.string(key, value)?;
         let de: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
             s.into_deserializer();
-        match HoldMode::deserialize(de) {
-            Ok(mode) => Some(mode),
-            Err(e) => {
-                self.errors.push(ConfigError::UnknownVariant {
-                    at: self.at(value.span()),
-                    key: key.to_owned(),
-                    message: e.to_string(),
-                });
-                None
-            }
-        }
-    }
-
-    fn policy(&mut self, key: &str, value: &Value<'_>) -> Option<UnitPolicy> {
-        let s = self.string(key, value)?;
-        let de: serde::de::value::StrDeserializer<'_, serde::de::value::Error> =
-            s.into_deserializer();
-        match UnitPolicy::deserialize(de) {
-            Ok(policy) => Some(policy),
+        match T::deserialize(de) {
+            Ok(variant) => Some(variant),
             Err(e) => {
                 self.errors.push(ConfigError::UnknownVariant {
                     at: self.at(value.span()),

@@ -418,19 +418,7 @@ fn active_state(unit: &str) -> String {
 }
 
 fn systemctl(args: &[&str]) -> Result<()> {
-    let output = Command::new("systemctl")
-        .args(args)
-        .output()
-        .context("cannot run systemctl")?;
-    if !output.status.success() {
-        bail!(
-            "systemctl {} failed ({}): {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
+    crate::platform::command("systemctl", args).map(drop)
 }
 
 fn load_snapshot(transaction_dir: &Path, snapshot_dir: &Path, unit: &str) -> Result<UnitSnapshot> {

@@ -114,7 +114,9 @@ impl LinuxPlatform {
     }
 }
 
-fn command(program: &str, args: &[&str]) -> Result<String> {
+/// Runs `program` and returns what it printed, failing with its stderr if
+/// it fails.
+pub(crate) fn command(program: &str, args: &[&str]) -> Result<String> {
     let output = Command::new(program)
         .args(args)
         .output()
