@@ -17,7 +17,9 @@ const FORMAT: u32 = 1;
 pub const CUSTOMIZE_SCRIPT: &str = include_str!("../guest/customize.sh");
 
 /// Packages every lab guest has: systemd, the checkpoint engine, the kexec
-/// tools, the firewall, and the trixie kernel the guest boots first.
+/// tools, the firewall, the trixie kernel the guest boots first, and stock
+/// Debian services preserved as their package ships them (nginx: a root
+/// master with unprivileged workers, `Type=forking` with a `PIDFile=`).
 pub const BASE_PACKAGES: &[&str] = &[
     "systemd-sysv",
     "udev",
@@ -33,6 +35,7 @@ pub const BASE_PACKAGES: &[&str] = &[
     "procps",
     "kmod",
     "python3",
+    "nginx",
 ];
 
 /// The recipe of a guest base image.

@@ -29,6 +29,8 @@ const DBUS_DEST: &str =
 
 /// The port the lab's test service listens on in the guest.
 pub const LAB_SERVICE_PORT: u16 = 7777;
+/// The port Debian's nginx serves its default site on.
+pub const NGINX_PORT: u16 = 80;
 /// How long a kexec may take until the guest answers from its new boot.
 pub const KEXEC_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -155,7 +157,8 @@ impl Session<'_> {
             .with_product(&self.lab.bin_dir)?;
         layer.install(self.guest())?;
         self.guest().sh(
-            "systemctl reload dbus.service && systemd-tmpfiles --create /usr/lib/tmpfiles.d/seamless-reboot.conf && networkctl reload",
+            "systemctl reload dbus.service && systemd-tmpfiles --create /usr/lib/tmpfiles.d/seamless-reboot.conf \
+             && systemd-sysusers /usr/lib/sysusers.d/seamless-lab.conf && networkctl reload",
         )?;
         if self.vm.netns.is_some() {
             let guest = self.guest().clone();
@@ -322,7 +325,7 @@ impl Session<'_> {
         let guest = self.guest().clone();
         let pid = poll(
             "the unit to be active again",
-            Duration::from_secs(180),
+            Duration::from_secs(300),
             Duration::from_millis(250),
             || {
                 let (active, pid) = unit_main_pid(&guest, unit)?;
@@ -386,10 +389,10 @@ pub fn baseline_kexec(lab: &Lab) -> Result<ScenarioReport> {
     lab.run_scenario("baseline-kexec", lab_service_config(), baseline_steps)
 }
 
-/// A guest whose test service port is forwarded to the host.
+/// A guest whose test service port (and nginx's) is forwarded to the host.
 fn lab_service_config() -> VmConfig {
     VmConfig {
-        forwards: vec![LAB_SERVICE_PORT],
+        forwards: vec![LAB_SERVICE_PORT, NGINX_PORT],
         ..VmConfig::default()
     }
 }
@@ -450,34 +453,66 @@ fn baseline_steps(session: &mut Session<'_>) -> Result<()> {
     Ok(())
 }
 
-/// The product: `seamless-reboot --kernel B` with a line client and a bulk
-/// client connected to an ordinary unit. Expected: the guest comes back on
-/// kernel B, every connection survives with nothing lost, duplicated or
-/// corrupted, the service's in-memory count continues, the unit is active
-/// with the restored process as its main pid and logs to the journal, and
-/// `systemctl restart` of it works afterwards.
+/// The product: `seamless-reboot --kernel B` preserving two units: the lab's
+/// test service (its own unprivileged user, no capabilities, a seccomp
+/// filter) with line and bulk clients on slirp and on a Linux TCP peer, and
+/// Debian's nginx as packaged (root master, www-data workers, forking) with
+/// a download in flight. Expected: the guest comes back on kernel B, every
+/// connection survives with nothing lost, duplicated or corrupted, the
+/// service's in-memory count continues, each unit is active with its
+/// restored processes (same main pid, same user, capabilities and seccomp
+/// filter), runs by its own unit file again once the restores are over, and
+/// its own restart, reload, stop and start work afterwards.
 pub fn seamless_update(lab: &Lab) -> Result<ScenarioReport> {
-    seamless(lab, false)
+    seamless(
+        lab,
+        SeamlessVariant {
+            linux_peer: true,
+            via_dbus: false,
+            nginx: true,
+        },
+    )
 }
 
-/// The same with a Linux TCP stack as a second peer (the host's, in the
-/// lab's namespace, on the guest's second NIC) beside the slirp peer, to
-/// compare how promptly each resumes after the restore.
+/// The update as update tooling drives it, straight through D-Bus, with a
+/// Linux TCP stack as a second peer (the host's, in the lab's namespace, on
+/// the guest's second NIC) beside the slirp peer. (`seamless-lab
+/// seamless-linux-peer`; CI covers the D-Bus path in the pid collision
+/// scenario and the Linux peer in [`seamless_update`].)
 pub fn seamless_update_linux_peer(lab: &Lab) -> Result<ScenarioReport> {
-    seamless(lab, true)
+    seamless(
+        lab,
+        SeamlessVariant {
+            linux_peer: true,
+            via_dbus: true,
+            nginx: false,
+        },
+    )
 }
 
-fn seamless(lab: &Lab, linux_peer: bool) -> Result<ScenarioReport> {
+/// What a seamless scenario includes besides the lab service and its slirp
+/// clients.
+#[derive(Debug, Clone, Copy)]
+struct SeamlessVariant {
+    /// Clients on a Linux TCP stack too.
+    linux_peer: bool,
+    /// Start the update with `busctl` rather than the command line.
+    via_dbus: bool,
+    /// Preserve Debian's nginx with a download in flight as well.
+    nginx: bool,
+}
+
+fn seamless(lab: &Lab, variant: SeamlessVariant) -> Result<ScenarioReport> {
     let config = VmConfig {
-        linux_peer,
+        linux_peer: variant.linux_peer,
         ..lab_service_config()
     };
-    let name = if linux_peer {
-        "seamless-update-linux-peer"
+    let name = if variant.via_dbus {
+        "seamless-update-dbus"
     } else {
         "seamless-update"
     };
-    lab.run_scenario(name, config, |session| seamless_steps(session, linux_peer))
+    lab.run_scenario(name, config, |session| seamless_steps(session, variant))
 }
 
 /// A unit's `ActiveState` and `MainPID`. (`systemctl show --value` prints
@@ -485,6 +520,15 @@ fn seamless(lab: &Lab, linux_peer: bool) -> Result<ScenarioReport> {
 fn unit_main_pid(guest: &Guest, unit: &str) -> Result<(String, i32)> {
     let out = guest.sh(&format!("systemctl show -p ActiveState -p MainPID {unit}"))?;
     Ok(parse_active_and_pid(&out))
+}
+
+/// What makes a process's sandbox without namespaces, from
+/// `/proc/PID/status`: its user and group ids, no-new-privileges, seccomp
+/// mode and filter count, and capability sets, one `Key: value` a line.
+fn process_identity(guest: &Guest, pid: i32) -> Result<String> {
+    guest.sh(&format!(
+        "grep -E '^(Uid|Gid|Groups|NoNewPrivs|Seccomp|Seccomp_filters|CapInh|CapPrm|CapEff|CapBnd|CapAmb):' /proc/{pid}/status"
+    ))
 }
 
 /// The frozen time `seamless-reboot` reports for the checkpoint
@@ -533,9 +577,12 @@ fn pid_collision_steps(session: &mut Session<'_>) -> Result<()> {
     ))?;
     session.start_standard_clients(state.total)?;
     let old = session.guest().boot_info()?;
+    // Through D-Bus, as update tooling would start it.
     let update = session.guest().run(
         &format!(
-            "seamless-reboot --kernel /boot/{} --unit {unit} --yes",
+            "busctl --timeout=150 call {DBUS_DEST} Start ssasas /boot/{} '' 0 1 {unit} && \
+             busctl wait {DBUS_DEST} Completed 2>/dev/null || \
+             for i in $(seq 600); do busctl get-property {DBUS_DEST} Operation; sleep 0.5; done",
             kernel_b.vmlinuz
         ),
         Duration::from_secs(300),
@@ -632,35 +679,58 @@ fn failed_checkpoint_steps(session: &mut Session<'_>) -> Result<()> {
     // not save, is refused by the dry run before anything is touched.
     guest
         .sh("systemd-run --unit=lab-stray.service /bin/sh -c '(sleep 1000 &); exec sleep 1001'")?;
-    let mut last_output = String::new();
-    let refusal = poll(
-        "the check to refuse lab-stray.service",
-        Duration::from_secs(60),
-        Duration::from_secs(1),
-        || {
-            let check = guest.run(
-                &format!(
-                    "seamless-reboot --check --kernel /boot/{} --unit lab-stray.service",
-                    kernel_b.vmlinuz
-                ),
-                Duration::from_secs(120),
-            )?;
-            let text = check.output();
-            last_output.clone_from(&text);
-            Ok(
-                (!check.status.success() && text.contains("not under its main process"))
-                    .then_some(text),
-            )
-        },
+    let refusal = check_refuses(
+        &guest,
+        &kernel_b.vmlinuz,
+        "lab-stray.service",
+        &["not under its main process"],
     );
     guest.sh("systemctl stop lab-stray.service")?;
     session.report.check(
         "a unit with a process outside its main tree is refused by the check",
         refusal.is_ok(),
-        match &refusal {
-            Ok(text) => text.trim().to_string(),
-            Err(e) => format!("{e:#}; it said: {}", last_output.trim()),
-        },
+        refusal.unwrap_or_else(|e| format!("{e:#}")),
+    );
+    // A unit in namespaces of its own (made by its sandbox options) is
+    // refused by the check, in an operator's words, rather than by CRIU.
+    guest.sh(
+        "systemd-run --unit=lab-sandboxed.service -p PrivateTmp=yes -p ProtectHostname=yes /bin/sleep 1002",
+    )?;
+    let refusal = check_refuses(
+        &guest,
+        &kernel_b.vmlinuz,
+        "lab-sandboxed.service",
+        &[
+            "lab-sandboxed.service: cannot be preserved yet",
+            "its own mount namespace",
+            "PrivateTmp=",
+            "its own hostname (UTS) namespace",
+            "ProtectHostname=",
+        ],
+    );
+    guest.sh("systemctl stop lab-sandboxed.service")?;
+    session.report.check(
+        "a unit in namespaces of its own is refused by the check, naming the options",
+        refusal.is_ok(),
+        refusal.unwrap_or_else(|e| format!("{e:#}")),
+    );
+    // Units are resolved to systemd's own names: one named twice (without
+    // and with its suffix) is refused, and so is the system bus; so is an
+    // argument that would change what the next boot runs.
+    let refusal = check_refuses(
+        &guest,
+        &kernel_b.vmlinuz,
+        "lab-service --unit lab-service.service --unit dbus --append init=/bin/sh",
+        &[
+            "lab-service.service: names lab-service.service, which is already in the update (as lab-service)",
+            "dbus (dbus.service): cannot be preserved: it is the system bus",
+            "\"init=/bin/sh\" would change what the next boot runs",
+        ],
+    );
+    session.report.check(
+        "a unit named twice, the system bus and `--append init=` are refused by the check",
+        refusal.is_ok(),
+        refusal.unwrap_or_else(|e| format!("{e:#}")),
     );
 
     guest.sh("systemctl start lab-blocker.service")?;
@@ -749,16 +819,227 @@ fn failed_checkpoint_steps(session: &mut Session<'_>) -> Result<()> {
     Ok(())
 }
 
+/// A unit in a mount namespace of its own (not enabled), which the seamless
+/// scenario's configuration leaves to a restart.
+const SANDBOXED_UNIT: &str = "lab-sandboxed.service";
+
+/// A download from Debian's nginx (its packaged unit and configuration) by
+/// curl on the host, slowed down so that it spans the update.
+struct NginxDownload {
+    curl: std::process::Child,
+    file: PathBuf,
+    sha256: String,
+    master_pid: i32,
+    workers: String,
+}
+
+/// Bytes of the file nginx serves, and the rate curl reads it at: about
+/// three and a half minutes of transfer, started right before the update.
+const NGINX_FILE_MIB: u32 = 32;
+const NGINX_RATE: &str = "160k";
+
+impl NginxDownload {
+    fn start(session: &Session<'_>) -> Result<NginxDownload> {
+        let guest = session.guest();
+        let (state, master_pid) = unit_main_pid(guest, "nginx.service")?;
+        if state != "active" {
+            anyhow::bail!("nginx.service is {state} in the guest");
+        }
+        let sha256 = guest.sh(&format!(
+            "head -c {NGINX_FILE_MIB}M /dev/urandom > /var/www/html/big.bin && \
+             sha256sum /var/www/html/big.bin | cut -d' ' -f1"
+        ))?;
+        let workers = nginx_workers(guest)?;
+        let file = session.vm.run_dir.join("nginx-big.bin");
+        let log = std::fs::File::create(session.vm.run_dir.join("curl.log"))?;
+        let url = format!(
+            "http://127.0.0.1:{}/big.bin",
+            session.vm.host_port(NGINX_PORT)?
+        );
+        // QEMU's forwards listen where QEMU runs (in the lab's namespace
+        // when the guest has a Linux peer).
+        let curl = crate::process::wrapped_command(&session.wrapper(), "curl")
+            .args([
+                "--silent",
+                "--show-error",
+                "--fail",
+                "--limit-rate",
+                NGINX_RATE,
+                "-o",
+            ])
+            .arg(&file)
+            .arg(&url)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start curl")?;
+        poll(
+            "the nginx download to start",
+            Duration::from_secs(60),
+            Duration::from_millis(500),
+            || {
+                Ok(
+                    (std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) > 256 << 10)
+                        .then_some(()),
+                )
+            },
+        )?;
+        Ok(NginxDownload {
+            curl,
+            file,
+            sha256: sha256.trim().to_string(),
+            master_pid,
+            workers,
+        })
+    }
+}
+
+/// The pids of nginx's worker processes, comma-separated.
+fn nginx_workers(guest: &Guest) -> Result<String> {
+    Ok(guest
+        .sh("pgrep -u www-data -d, -x nginx || true")?
+        .trim()
+        .to_string())
+}
+
+/// After the update: nginx is the same processes, the download finished
+/// byte for byte, and the unit's own reload, restart, stop and start work.
+/// Returns the checks (name, passed, detail).
+fn nginx_after_update(
+    session: &Session<'_>,
+    mut download: NginxDownload,
+) -> Result<Vec<(String, bool, String)>> {
+    let guest = session.guest().clone();
+    let mut checks = Vec::new();
+    let (state, master_after) = unit_main_pid(&guest, "nginx.service")?;
+    let workers_after = nginx_workers(&guest)?;
+    checks.push((
+        "nginx: active with the same master and worker processes".to_string(),
+        state == "active"
+            && master_after == download.master_pid
+            && workers_after == download.workers,
+        format!(
+            "{state}; master {} -> {master_after}; workers {} -> {workers_after}",
+            download.master_pid, download.workers
+        ),
+    ));
+    let finished = poll(
+        "the nginx download to finish",
+        Duration::from_secs(600),
+        Duration::from_secs(1),
+        || download.curl.try_wait().map_err(Into::into),
+    );
+    let got = crate::process::run(
+        std::process::Command::new("sha256sum").arg(&download.file),
+        Duration::from_secs(60),
+    )?
+    .stdout;
+    let got = got
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let curl_log = std::fs::read_to_string(session.vm.run_dir.join("curl.log")).unwrap_or_default();
+    checks.push((
+        "nginx: the download completed byte for byte".to_string(),
+        finished
+            .as_ref()
+            .is_ok_and(std::process::ExitStatus::success)
+            && got == download.sha256,
+        format!(
+            "curl {finished:?} {}; sha256 {got} (served {})",
+            curl_log.trim(),
+            download.sha256
+        ),
+    ));
+    // The unit's own commands, now that it runs by its unit file again:
+    // reload reads the pid file the restore wrote.
+    let reload = guest.sh("systemctl reload nginx.service && systemctl is-active nginx.service");
+    let (_, after_reload) = unit_main_pid(&guest, "nginx.service")?;
+    checks.push((
+        "nginx: systemctl reload works afterwards (same master)".to_string(),
+        reload.is_ok() && after_reload == download.master_pid,
+        format!("{reload:?}; MainPID {after_reload}"),
+    ));
+    let restart = guest.sh("systemctl restart nginx.service && systemctl is-active nginx.service");
+    let (_, after_restart) = unit_main_pid(&guest, "nginx.service")?;
+    checks.push((
+        "nginx: systemctl restart works afterwards (new master)".to_string(),
+        restart.is_ok() && after_restart != download.master_pid && after_restart > 0,
+        format!("{restart:?}; MainPID {after_restart}"),
+    ));
+    let stop_start = guest.sh(
+        "systemctl stop nginx.service && ! systemctl is-active nginx.service && \
+         systemctl start nginx.service && systemctl is-active nginx.service",
+    );
+    checks.push((
+        "nginx: systemctl stop and start work afterwards".to_string(),
+        stop_start.is_ok(),
+        format!("{stop_start:?}"),
+    ));
+    Ok(checks)
+}
+
+/// Runs `seamless-reboot --check` for `unit` until it fails saying every one
+/// of `needles` (the unit may need a moment to reach the state the check
+/// refuses); returns what it said, or an error with its last answer.
+fn check_refuses(guest: &Guest, vmlinuz: &str, unit: &str, needles: &[&str]) -> Result<String> {
+    let mut last_output = String::new();
+    poll(
+        &format!("the check to refuse {unit}"),
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        || {
+            let check = guest.run(
+                &format!("seamless-reboot --check --kernel /boot/{vmlinuz} --unit {unit}"),
+                Duration::from_secs(120),
+            )?;
+            let text = check.output();
+            last_output.clone_from(&text);
+            Ok(
+                (!check.status.success() && needles.iter().all(|n| text.contains(n)))
+                    .then(|| text.trim().to_string()),
+            )
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e:#}; it said: {}", last_output.trim()))
+}
+
 /// ssh's exit status when the connection broke (here: the guest shut down).
 const SSH_CONNECTION_LOST: i32 = 255;
 
-fn seamless_steps(session: &mut Session<'_>, linux_peer: bool) -> Result<()> {
+fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result<()> {
     let kernel_b = session.lab.kernel_b().clone();
     let unit = "lab-service.service";
     let state = session.start_lab_service()?;
     let (_, pid_before) = unit_main_pid(session.guest(), unit)?;
-    if linux_peer {
+    let identity_before = process_identity(session.guest(), pid_before)?;
+    // With the CLI, a stock Debian service is preserved beside the lab's,
+    // and beside them a unit the product cannot preserve yet (its own mount
+    // namespace), which the configuration leaves to a restart.
+    let units = if variant.nginx {
+        session.guest().sh(&format!(
+            "printf '[Service]\\nExecStart=/bin/sleep infinity\\nPrivateTmp=yes\\n' \
+               > /etc/systemd/system/{SANDBOXED_UNIT} && \
+             mkdir -p /etc/seamless-reboot/config.toml.d && \
+             printf '[policy]\\n\"{SANDBOXED_UNIT}\" = \"restart\"\\n' \
+               > /etc/seamless-reboot/config.toml.d/50-lab.toml && \
+             systemctl daemon-reload && systemctl start {SANDBOXED_UNIT}"
+        ))?;
+        format!("{unit} --unit nginx.service --unit {SANDBOXED_UNIT}")
+    } else {
+        unit.to_string()
+    };
+    if variant.linux_peer {
         session.start_client("lines", ClientSpec::Lines { interval_ms: 50 })?;
+        session.start_client(
+            "bulk",
+            ClientSpec::Bulk {
+                bytes: 256 << 20,
+                rate: Some(1 << 20),
+            },
+        )?;
         session.start_linux_peer_client("peer-lines", ClientSpec::Lines { interval_ms: 50 })?;
         session.start_linux_peer_client(
             "peer-bulk",
@@ -774,36 +1055,48 @@ fn seamless_steps(session: &mut Session<'_>, linux_peer: bool) -> Result<()> {
     let before_update = session.probe()?;
 
     // Only root or a polkit-authorized caller may start an update: an
-    // ordinary user is refused (no polkit agent answers for them).
+    // ordinary user is refused (no polkit agent answers for them). The call
+    // may start both the daemon and polkit, which takes longer than busctl's
+    // default 25 s under emulation.
     let refused = session.guest().run(
         &format!(
-            "runuser -u labuser -- busctl call {DBUS_DEST} Start ssasas /boot/{} '' 0 1 {unit}",
+            "runuser -u labuser -- busctl --timeout=150 call {DBUS_DEST} Start ssasas /boot/{} '' 0 1 {unit}",
             kernel_b.vmlinuz
         ),
-        Duration::from_secs(120),
+        Duration::from_secs(200),
     )?;
     // Which one refused: the bus policy lets everybody call the methods, so
     // the daemon's own check (root or polkit) must have, and logged it.
     let refused_by_daemon = session.guest().sh(
         "journalctl -u seamless-reboot.service --no-pager -o cat | grep -E 'Start by .* refused' | tail -1",
     )?;
+    // The download starts last, so that it is in full flow at the update.
+    let mut nginx = if variant.nginx {
+        Some(NginxDownload::start(session)?)
+    } else {
+        None
+    };
     let old = session.guest().boot_info()?;
     // The update itself: through the command line (which talks to the
     // daemon over D-Bus), or straight through D-Bus as update tooling would.
-    let script = if linux_peer {
+    let script = if variant.via_dbus {
         format!(
-            "busctl call {DBUS_DEST} Start ssasas /boot/{} '' 0 1 {unit} && \
+            "busctl --timeout=150 call {DBUS_DEST} Start ssasas /boot/{} '' 0 1 {unit} && \
              busctl wait {DBUS_DEST} Completed 2>/dev/null || \
              for i in $(seq 600); do busctl get-property {DBUS_DEST} Operation; sleep 0.5; done",
             kernel_b.vmlinuz
         )
     } else {
         format!(
-            "seamless-reboot --kernel /boot/{} --unit {unit} --yes",
+            "seamless-reboot --kernel /boot/{} --unit {units} --yes",
             kernel_b.vmlinuz
         )
     };
     let update = session.guest().run(&script, Duration::from_secs(300))?;
+    let download_spanned_update = match &mut nginx {
+        Some(n) => n.curl.try_wait()?.is_none(),
+        None => true,
+    };
     std::fs::write(session.vm.run_dir.join("update.log"), update.output())?;
     // systemd stops the ssh session as soon as it runs the kexec request, so
     // the command's last line may not reach us: having reached the hand-over
@@ -811,7 +1104,7 @@ fn seamless_steps(session: &mut Session<'_>, linux_peer: bool) -> Result<()> {
     let reached_handover = update.stdout.contains("handed over to systemd")
         || (update.status.code() == Some(SSH_CONNECTION_LOST)
             && update.stdout.contains("handing over to systemd kexec"));
-    if !linux_peer && !reached_handover {
+    if !variant.via_dbus && !reached_handover {
         anyhow::bail!(
             "seamless-reboot did not hand over ({}):\n{}{}",
             update.status,
@@ -857,11 +1150,60 @@ fn seamless_steps(session: &mut Session<'_>, linux_peer: bool) -> Result<()> {
         "journalctl -b -u seamless-reboot-hold.service -u {unit} --no-pager -o short-unix"
     ))?;
     std::fs::write(session.vm.run_dir.join("hold.log"), &hold_log)?;
+    let identity_after = process_identity(session.guest(), restored_pid)?;
+    // Once every restore has ended, the finishing unit reloads systemd: the
+    // restore drop-in is gone and the unit is again as its unit file says.
+    let guest = session.guest().clone();
+    let handed_back = poll(
+        "the unit to be handed back to its own configuration",
+        Duration::from_secs(300),
+        Duration::from_secs(1),
+        || {
+            let show = guest.sh(&format!("systemctl show -p Type -p DropInPaths {unit}"))?;
+            Ok((show.contains("Type=simple") && !show.contains("seamless-reboot")).then_some(show))
+        },
+    );
+    // The services' memory does not stay on disk once they are back (the
+    // finishing unit wipes it last).
+    let mut images_left = String::new();
+    let wiped = poll(
+        "the images to be wiped",
+        Duration::from_secs(120),
+        Duration::from_secs(1),
+        || {
+            images_left = guest.sh(
+                "find /var/lib/seamless-reboot/images -path '*/images/*' -type f ! -name '*.log'",
+            )?;
+            Ok(images_left.trim().is_empty().then_some(()))
+        },
+    );
     let restart = session.guest().sh(&format!(
         "systemctl restart {unit} && systemctl is-active {unit}"
     ));
     let after_restart = session.wait_lab_service(Duration::from_secs(60));
     let (_, pid_after_restart) = unit_main_pid(session.guest(), unit)?;
+    let identity_after_restart = process_identity(session.guest(), pid_after_restart)?;
+
+    let nginx_checks = match nginx {
+        Some(n) => Some(nginx_after_update(session, n)?),
+        None => None,
+    };
+    let sandboxed = if nginx_checks.is_some() {
+        let guest = session.guest().clone();
+        Some(poll(
+            "the unit left to a restart to be started",
+            Duration::from_secs(120),
+            Duration::from_secs(1),
+            || {
+                let state = guest.sh(&format!(
+                    "systemctl is-active {SANDBOXED_UNIT}; systemctl is-enabled {SANDBOXED_UNIT} || true"
+                ));
+                Ok(state.ok().filter(|s| s.starts_with("active")))
+            },
+        ))
+    } else {
+        None
+    };
 
     let end = session.guest().boot_info()?;
     let refused_text = refused.output();
@@ -900,6 +1242,24 @@ fn seamless_steps(session: &mut Session<'_>, linux_peer: bool) -> Result<()> {
         "unit active with the restored process as main pid",
         restored_pid == pid_before,
         format!("MainPID {pid_before} before, {restored_pid} after"),
+    );
+    report.check(
+        "the restored process has its user, capabilities and seccomp filter back",
+        identity_after == identity_before
+            && identity_before.contains("NoNewPrivs:\t1")
+            && identity_before.contains("Seccomp:\t2")
+            && !identity_before.contains("Uid:\t0"),
+        format!("before:\n{identity_before}after:\n{identity_after}"),
+    );
+    report.check(
+        "after the restore the unit runs by its own unit file again (no restore drop-in)",
+        handed_back.is_ok(),
+        format!("{handed_back:?}"),
+    );
+    report.check(
+        "the images are wiped once the units are back (only CRIU's logs remain)",
+        wiped.is_ok(),
+        format!("{wiped:?}; left: {}", images_left.trim()),
     );
     report.check(
         "seamless-reboot status says restored",
@@ -950,10 +1310,38 @@ fn seamless_steps(session: &mut Session<'_>, linux_peer: bool) -> Result<()> {
         journal.contains("kernel changed"),
         crate::process::tail(&journal, 3).trim().to_string(),
     );
+    if let Some(started) = sandboxed {
+        report.check(
+            "a unit the plan cannot preserve, with policy restart, is left out and started by the next boot",
+            update.stdout.contains(&format!("left out {SANDBOXED_UNIT} (policy restart)"))
+                && started.as_ref().is_ok_and(|s| s.contains("static")),
+            format!(
+                "{started:?}; update said: {}",
+                update
+                    .stdout
+                    .lines()
+                    .find(|l| l.starts_with("left out"))
+                    .unwrap_or("nothing about it")
+            ),
+        );
+    }
+    if let Some(checks) = nginx_checks {
+        report.check(
+            "nginx: the download was in progress when the update handed over",
+            download_spanned_update,
+            "curl was still running when seamless-reboot returned",
+        );
+        for (name, ok, detail) in checks {
+            report.check(&name, ok, detail);
+        }
+    }
     report.check(
         "systemctl restart works afterwards",
-        restart.is_ok() && after_restart.is_ok() && pid_after_restart != restored_pid,
-        format!("{restart:?}; new MainPID {pid_after_restart}"),
+        restart.is_ok()
+            && after_restart.is_ok()
+            && pid_after_restart != restored_pid
+            && identity_after_restart == identity_before,
+        format!("{restart:?}; new MainPID {pid_after_restart}:\n{identity_after_restart}"),
     );
     Ok(())
 }

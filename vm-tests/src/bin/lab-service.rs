@@ -10,6 +10,7 @@
 
 use std::io::{self, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,13 +23,14 @@ use seamless_reboot_vm_tests::traffic::{
 };
 
 const USAGE: &str = "\
-usage: lab-service [--listen ADDR] [--hold-unix PATH]
+usage: lab-service [--listen ADDR] [--hold-unix PATH] [--hold-io-uring]
 
 Test service for the seamless-reboot lab (see the traffic module).
   --listen ADDR      address to listen on (default 0.0.0.0:7777)
   --hold-unix PATH   keep a connection to the unix stream socket PATH open
-                     (a resource CRIU cannot checkpoint unless told it is
-                     external: the lab's way to make a checkpoint fail)
+  --hold-io-uring    keep an io_uring instance open, which CRIU cannot
+                     checkpoint (it does not support io_uring): the lab's
+                     way to make a checkpoint fail
   -h, --help      show this help
 ";
 
@@ -77,12 +79,14 @@ fn boot_id() -> String {
 struct Args {
     listen: String,
     hold_unix: Option<String>,
+    hold_io_uring: bool,
 }
 
 fn parse_args() -> Result<Option<Args>, String> {
     let mut parsed = Args {
         listen: DEFAULT_LISTEN.to_owned(),
         hold_unix: None,
+        hold_io_uring: false,
     };
     let mut args = std::env::args_os().skip(1);
     while let Some(arg) = args.next() {
@@ -98,6 +102,7 @@ fn parse_args() -> Result<Option<Args>, String> {
             "-h" | "--help" => return Ok(None),
             "--listen" => parsed.listen = value("--listen")?,
             "--hold-unix" => parsed.hold_unix = Some(value("--hold-unix")?),
+            "--hold-io-uring" => parsed.hold_io_uring = true,
             other => match other.strip_prefix("--listen=") {
                 Some(v) => parsed.listen = v.to_owned(),
                 None => return Err(format!("unknown argument {other:?}")),
@@ -133,6 +138,23 @@ fn main() -> ExitCode {
             }
         },
         None => None,
+    };
+    let _ring = if args.hold_io_uring {
+        match io_uring() {
+            Ok(ring) => {
+                log(&format!(
+                    "lab-service: holding io_uring instance fd {}",
+                    ring.as_raw_fd()
+                ));
+                Some(ring)
+            }
+            Err(e) => {
+                log(&format!("lab-service: cannot set up an io_uring: {e}"));
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
     };
     let listener = match TcpListener::bind(&listen) {
         Ok(l) => l,
@@ -356,4 +378,22 @@ fn serve_bulk(
             "bulk done ({total_bytes} bytes, crc32 {crc:08x}), but the client sent {extra} bytes too many"
         )
     })
+}
+
+/// Sets up an io_uring instance (4 entries) and returns its fd.
+#[allow(unsafe_code)]
+fn io_uring() -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // `struct io_uring_params` is 120 bytes; zeroed means no flags.
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup(2) reads and writes the 120-byte
+    // `struct io_uring_params` that `params` provides, and returns a new
+    // file descriptor or -1; nothing else is touched.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = i32::try_from(fd).map_err(std::io::Error::other)?;
+    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }

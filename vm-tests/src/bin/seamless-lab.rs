@@ -17,9 +17,10 @@ const USAGE: &str = "usage: seamless-lab <command>
 commands:
   image      build the guest image if the cache has none, verify it, print what it holds
   baseline   boot kernel A, connect clients, `systemctl kexec` into kernel B (connections break)
-  seamless   the same with `seamless-reboot --kernel B`: connections and state survive
+  seamless   the same with `seamless-reboot --kernel B`, with a Linux TCP peer beside the
+             slirp one and Debian's nginx serving a download: connections and state survive
   seamless-linux-peer
-             the same with a Linux TCP peer beside the slirp one
+             the update started through D-Bus (busctl), without nginx
   failed-checkpoint
              seamless-reboot with a second unit CRIU cannot checkpoint: nothing changes
   pid-collision
