@@ -241,9 +241,10 @@ fn plan_units(
     let mut units: Vec<PlannedUnit> = Vec::new();
     let mut left_out: Vec<LeftOut> = Vec::new();
     for unit in requested {
-        let canonical = platform
-            .unit_status(unit)
-            .map_or_else(|_| unit.clone(), |s| s.unit);
+        let status = platform.unit_status(unit);
+        let canonical = status
+            .as_ref()
+            .map_or_else(|_| unit.clone(), |s| s.unit.clone());
         let policy = policies
             .get(&canonical)
             .or_else(|| policies.get(unit))
@@ -260,7 +261,7 @@ fn plan_units(
             });
             continue;
         }
-        match plan_unit(platform, unit) {
+        match status.and_then(|status| plan_unit(platform, unit, status)) {
             Err(e) if policy == UnitPolicy::Restart => left_out.push(LeftOut {
                 unit: canonical,
                 policy,
@@ -284,8 +285,8 @@ fn plan_units(
     (units, left_out)
 }
 
-fn plan_unit(platform: &dyn Platform, requested: &str) -> Result<PlannedUnit> {
-    let status = platform.unit_status(requested)?;
+/// Plans one unit, requested as `requested`, from its `status`.
+fn plan_unit(platform: &dyn Platform, requested: &str, status: UnitStatus) -> Result<PlannedUnit> {
     if status.load_state != "loaded" {
         bail!(
             "{requested}: no such unit (LoadState={})",

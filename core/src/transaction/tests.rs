@@ -248,6 +248,13 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
+/// Plans one unit as the plan does: its status, then the unit.
+fn plan_one(platform: &FakePlatform, unit: &str) -> Result<PlannedUnit> {
+    platform
+        .unit_status(unit)
+        .and_then(|status| plan_unit(platform, unit, status))
+}
+
 fn steps() -> (Vec<String>, impl FnMut(&str)) {
     (Vec::new(), |_: &str| {})
 }
@@ -515,13 +522,13 @@ fn restore_dropin_makes_the_unit_adopt_the_restored_pid() {
 #[test]
 fn a_unit_with_processes_outside_its_main_tree_is_refused_by_the_plan() {
     let mut platform = FakePlatform::default();
-    assert!(plan_unit(&platform, "a.service").is_ok());
+    assert!(plan_one(&platform, "a.service").is_ok());
     platform.outside = vec![crate::inventory::OutsideProcess {
         pid: 140,
         ppid: 1,
         comm: "sleep".into(),
     }];
-    let err = plan_unit(&platform, "a.service").expect_err("refused");
+    let err = plan_one(&platform, "a.service").expect_err("refused");
     let text = format!("{err:#}");
     assert!(
         text.contains("a.service: process 140 (`sleep`, parent 1) not under its main process 100"),
@@ -545,7 +552,7 @@ fn a_unit_in_its_own_namespaces_is_refused_by_the_plan_with_the_options_that_mad
         ],
         ..Default::default()
     };
-    let err = plan_unit(&platform, "a.service").expect_err("refused");
+    let err = plan_one(&platform, "a.service").expect_err("refused");
     let text = format!("{err:#}");
     assert!(
         text.starts_with("a.service: cannot be preserved yet: it runs in its own mount namespace (process 100; made by PrivateTmp="),
@@ -597,7 +604,7 @@ fn the_bus_systemd_and_seamless_reboot_itself_are_never_frozen() {
         ("polkit.service", "authorizes the update"),
         ("sshd.socket", "only services"),
     ] {
-        let err = plan_unit(&platform, unit).expect_err(unit);
+        let err = plan_one(&platform, unit).expect_err(unit);
         let text = format!("{err:#}");
         assert!(
             text.starts_with(&format!("{unit}: cannot be preserved: ")) && text.contains(why),
@@ -611,13 +618,13 @@ fn the_bus_systemd_and_seamless_reboot_itself_are_never_frozen() {
     };
     let text = format!(
         "{:#}",
-        plan_unit(&platform, "messagebus").expect_err("an alias of the bus")
+        plan_one(&platform, "messagebus").expect_err("an alias of the bus")
     );
     assert!(
         text.starts_with("messagebus (dbus.service): cannot be preserved"),
         "{text}"
     );
-    assert!(plan_unit(&platform, "nginx").is_ok());
+    assert!(plan_one(&platform, "nginx").is_ok());
 }
 
 #[test]
