@@ -30,6 +30,11 @@
 //! - Peers that did not negotiate window scaling would see a window of a few
 //!   bytes after a restore with scaling on; the helper turns it off around
 //!   the restore when configured.
+//! - A unit with a mount namespace of its own (systemd's sandbox options) is
+//!   rebuilt by CRIU on `/`, its mounts bound again from the host; its
+//!   private `/tmp` and `/var/tmp` are this start's new private directories
+//!   (systemd makes them for the unit even though the helper itself runs
+//!   outside the sandbox), filled with the contents saved at the dump.
 //! - Nothing may restore twice: the hold unit claims the snapshot for this
 //!   boot before anything is restored, and the generator only acts for the
 //!   exact transition the manifest names.
@@ -462,8 +467,51 @@ fn restore_with_criu(
     } else {
         journal
     };
+    // Files the unit held outside its mount namespace, opened afresh; they
+    // must outlive `options`, which lends them to CRIU.
+    let mut outside_files = Vec::new();
+    let mut mount_externals = Vec::new();
+    if let Some(sandbox) = &snapshot.mount_sandbox {
+        for private in &sandbox.private_dirs {
+            let target = this_boot_private_dir(Path::new(&private.mountpoint), &snapshot.unit)?;
+            unpack_private_dir(&images.join(private.archive_name()), &target)?;
+            mount_externals.push(format!(
+                "mnt[{}]:{}",
+                private.external_name(),
+                target.display()
+            ));
+        }
+        for file in &sandbox.outside_files {
+            let opened = fs::OpenOptions::new()
+                .read(true)
+                .write(file.writable)
+                .open(&file.path)
+                .with_context(|| {
+                    format!(
+                        "cannot open {} for the restored processes",
+                        file.path.display()
+                    )
+                })?;
+            outside_files.push((file.key(), opened));
+        }
+        // systemd makes it when it starts a unit with a mount namespace; the
+        // namespace's `/run/systemd/incoming` is bound from it.
+        let propagate = Path::new("/run/systemd/propagate").join(&snapshot.unit);
+        fs::create_dir_all(&propagate)
+            .with_context(|| format!("cannot create {}", propagate.display()))?;
+    }
     let mut options = RestoreOptions::new(dir.as_fd());
     options.manage_cgroups_mode = Some(CgroupMode::Ignore);
+    if snapshot.mount_sandbox.is_some() {
+        options.mount_namespace_root = Some("/".into());
+        options.external = mount_externals;
+        for (key, file) in &outside_files {
+            options.inherit_fds.push(InheritFd {
+                key: key.clone(),
+                fd: file.as_fd(),
+            });
+        }
+    }
     for inode in &snapshot.journal_socket_inodes {
         let inode = u32::try_from(*inode).context("socket inode out of range")?;
         options
@@ -517,6 +565,67 @@ fn restore_with_criu(
         )
     })?;
     Ok(restored.pid)
+}
+
+/// The private directory systemd made for `unit` below `parent` (`/tmp` or
+/// `/var/tmp`) in this boot: `<parent>/systemd-private-<boot id>-<unit>-*/tmp`,
+/// the newest if an earlier start's is still there.
+fn this_boot_private_dir(parent: &Path, unit: &str) -> Result<PathBuf> {
+    let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .context("cannot read this boot's id")?;
+    private_dir_of(parent, boot_id.trim(), unit)
+}
+
+/// [`this_boot_private_dir`] for the boot `boot_id` (as the kernel shows it,
+/// with dashes).
+fn private_dir_of(parent: &Path, boot_id: &str, unit: &str) -> Result<PathBuf> {
+    let boot_id = boot_id.replace('-', "");
+    let prefix = format!("systemd-private-{boot_id}-{unit}-");
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+    for entry in
+        fs::read_dir(parent).with_context(|| format!("cannot list {}", parent.display()))?
+    {
+        let entry = entry?;
+        if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+            continue;
+        }
+        let dir = entry.path().join("tmp");
+        if let Ok(meta) = fs::metadata(&dir) {
+            found.push((meta.modified().unwrap_or(std::time::UNIX_EPOCH), dir));
+        }
+    }
+    found.sort();
+    found.pop().map(|(_, dir)| dir).with_context(|| {
+        format!(
+            "systemd made no private directory {}/{prefix}* for {unit} in this boot",
+            parent.display()
+        )
+    })
+}
+
+/// Puts the saved contents of a private directory into `target`.
+fn unpack_private_dir(archive: &Path, target: &Path) -> Result<()> {
+    crate::platform::command(
+        "tar",
+        &[
+            "--extract",
+            "--file",
+            &archive.to_string_lossy(),
+            "--numeric-owner",
+            "--preserve-permissions",
+            "--xattrs",
+            "--directory",
+            &target.to_string_lossy(),
+        ],
+    )
+    .map(drop)
+    .with_context(|| {
+        format!(
+            "cannot fill {} from {}",
+            target.display(),
+            archive.display()
+        )
+    })
 }
 
 /// Turns `net.ipv4.tcp_window_scaling` off until dropped, under a lock so
@@ -680,6 +789,7 @@ mod tests {
                     connections: vec![],
                     journal_socket_inodes: vec![],
                     pid_file: None,
+                    mount_sandbox: None,
                     frozen_ms: 1,
                     images: crate::manifest::compute_digests(&images).expect("digests"),
                 }
@@ -887,6 +997,32 @@ mod tests {
             fs::read_dir(&empty).expect("list").count(),
             0,
             "an ordinary boot gets nothing"
+        );
+    }
+
+    #[test]
+    fn finds_the_private_directory_systemd_made_for_the_unit_in_this_boot() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let boot = "d08f7635-f321-4e1f-9ac8-2a04c1601810";
+        let this = "systemd-private-d08f7635f3214e1f9ac82a04c1601810";
+        for dir in [
+            format!("{this}-memcached.service-AAAAAA/tmp"),
+            format!("{this}-memcached.service.d-BBBBBB/tmp"),
+            "systemd-private-0123456789abcdef0123456789abcdef-memcached.service-CCCCCC/tmp"
+                .to_string(),
+            format!("{this}-other.service-DDDDDD/tmp"),
+        ] {
+            fs::create_dir_all(tmp.path().join(dir)).expect("mkdir");
+        }
+        assert_eq!(
+            private_dir_of(tmp.path(), boot, "memcached.service").expect("found"),
+            tmp.path()
+                .join(format!("{this}-memcached.service-AAAAAA/tmp"))
+        );
+        let err = private_dir_of(tmp.path(), boot, "redis.service").expect_err("none");
+        assert!(
+            format!("{err:#}").contains("made no private directory"),
+            "{err:#}"
         );
     }
 

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::criu::{Criu, DumpOptions, Notification, scripts};
+use crate::inventory::sandbox::PrivateDir;
 use crate::inventory::{Inventory, UnitInventory};
 use crate::kexec::{InitrdImage, KernelImage, KernelLoader};
 use crate::manifest::{read_boot_id, read_kernel_release};
@@ -76,15 +77,17 @@ pub trait Platform {
     fn nft_list_table(&self, name: &str) -> Result<String>;
     fn nft_delete_table(&self, name: &str) -> Result<()>;
     /// Checkpoints the process tree rooted at the unit's main pid into
-    /// `images_dir`, with its established TCP connections locked by nftables
-    /// and the given unix socket inodes treated as external. The tree is gone
+    /// `images_dir`, with its established TCP connections locked by nftables,
+    /// its journal streams treated as external and, when it has a mount
+    /// namespace of its own, that namespace (its private `/tmp` and
+    /// `/var/tmp` saved as `<name>.tar` next to the images). The tree is gone
     /// afterwards. Fails, leaving the tree running, if a process of the
     /// unit's cgroup is not in the saved tree.
     fn criu_dump(
         &self,
         unit: &UnitStatus,
+        inventory: &UnitInventory,
         images_dir: &Path,
-        external_unix: &[u32],
     ) -> Result<DumpStats>;
     /// Loads the kernel for the next kexec.
     fn load_kernel(
@@ -130,6 +133,31 @@ pub(crate) fn command(program: &str, args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// Saves the contents of a unit's private directory into
+/// `<images_dir>/<external name>.tar`, owners, modes and extended
+/// attributes included.
+fn save_private_dir(private: &PrivateDir, images_dir: &Path) -> Result<()> {
+    let archive = images_dir.join(private.archive_name());
+    let host = private.host_path.to_string_lossy();
+    command(
+        "tar",
+        &[
+            "--create",
+            "--file",
+            &archive.to_string_lossy(),
+            "--numeric-owner",
+            "--xattrs",
+            "--sparse",
+            "--one-file-system",
+            "--directory",
+            &host,
+            ".",
+        ],
+    )
+    .map(drop)
+    .with_context(|| format!("cannot save the unit's private {}", private.mountpoint))
 }
 
 /// Fails if a process of `unit`'s cgroup is not in the process tree CRIU
@@ -271,8 +299,8 @@ impl Platform for LinuxPlatform {
     fn criu_dump(
         &self,
         unit: &UnitStatus,
+        inventory: &UnitInventory,
         images_dir: &Path,
-        external_unix: &[u32],
     ) -> Result<DumpStats> {
         let pid = unit.main_pid;
         fs::create_dir_all(images_dir)
@@ -280,7 +308,24 @@ impl Platform for LinuxPlatform {
         let dir = fs::File::open(images_dir)
             .with_context(|| format!("cannot open {}", images_dir.display()))?;
         let mut options = DumpOptions::new(dir.as_fd(), pid);
-        options.external_unix_sockets = external_unix.to_vec();
+        options.external_unix_sockets = inventory
+            .stdio_socket_inodes
+            .iter()
+            .map(|&inode| u32::try_from(inode).context("socket inode out of range"))
+            .collect::<Result<_>>()?;
+        if let Some(sandbox) = &inventory.mount_sandbox {
+            options.external_mounts = true;
+            options.skip_mounts = sandbox.skipped_mounts.clone();
+            options.external.extend(
+                sandbox
+                    .private_dirs
+                    .iter()
+                    .map(|d| format!("mnt[{}]:{}", d.mountpoint, d.external_name())),
+            );
+            options
+                .external
+                .extend(sandbox.outside_files.iter().map(|f| f.key()));
+        }
         // CRIU freezes the tree a little after its pre-dump hook (its dump
         // setup comes in between) and the tree is gone when it answers, so
         // that span bounds the frozen time from above. Without the hook the
@@ -295,6 +340,13 @@ impl Platform for LinuxPlatform {
                 // tree). The plan refused processes outside the main
                 // process's tree; one that left it since would be lost.
                 check_cgroup_saved(Path::new("/"), unit, images_dir)?;
+                // systemd deletes a unit's private /tmp once its processes
+                // are gone: its contents go with the images.
+                if let Some(sandbox) = &inventory.mount_sandbox {
+                    for private in &sandbox.private_dirs {
+                        save_private_dir(private, images_dir)?;
+                    }
+                }
             }
             Ok(())
         };

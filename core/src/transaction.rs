@@ -327,24 +327,24 @@ fn plan_unit(platform: &dyn Platform, requested: &str, status: UnitStatus) -> Re
             status.main_pid
         );
     }
-    if !inventory.foreign_namespaces.is_empty() {
-        let list: Vec<String> = inventory
-            .foreign_namespaces
-            .iter()
-            .map(|ns| {
-                format!(
-                    "its own {} namespace (process {}; {})",
-                    namespace_name(&ns.kind),
-                    ns.pid,
-                    namespace_options(&ns.kind)
-                )
-            })
-            .collect();
+    let foreign: Vec<String> = inventory
+        .foreign_namespaces
+        .iter()
+        .filter(|ns| !PRESERVED_NAMESPACES.contains(&ns.kind.as_str()))
+        .map(|ns| {
+            format!(
+                "its own {} namespace (process {}; {})",
+                namespace_name(&ns.kind),
+                ns.pid,
+                namespace_options(&ns.kind)
+            )
+        })
+        .collect();
+    if !foreign.is_empty() {
         bail!(
-            "{unit}: cannot be preserved yet: it runs in {}; seamless-reboot does not yet \
-             checkpoint and rebuild a unit's namespaces, so its dump would fail or its \
-             restore would not be the same sandbox",
-            list.join(", ")
+            "{unit}: cannot be preserved: it runs in {}; CRIU can checkpoint a unit's own \
+             mount, hostname and IPC namespaces, not these",
+            foreign.join(", ")
         );
     }
     Ok(PlannedUnit {
@@ -373,6 +373,11 @@ pub fn never_preserved(unit: &str) -> Option<&'static str> {
         _ => None,
     }
 }
+
+/// The kinds of namespace (`/proc/<pid>/ns/<kind>`) a unit may have of its
+/// own and still be preserved: CRIU saves them and builds them again (the
+/// mount namespace on `/`, with the host's mounts bound again).
+pub const PRESERVED_NAMESPACES: [&str; 3] = ["mnt", "uts", "ipc"];
 
 /// An operator's name for a kind of namespace (`/proc/<pid>/ns/<kind>`).
 fn namespace_name(kind: &str) -> &str {
@@ -403,7 +408,9 @@ fn namespace_options(kind: &str) -> &str {
         "pid" => "made by PrivatePIDs= of its unit",
         "user" => {
             "made by PrivateUsers= of its unit; systemd creates that namespace after the \
-             others, a layout CRIU cannot checkpoint, so such a unit can only be restarted"
+             others, so they belong to the host's user namespace while the service sits in \
+             its own, a layout CRIU refuses to checkpoint; give the unit the `restart` policy, \
+             or a drop-in with PrivateUsers=no"
         }
         "cgroup" => "made by ProtectControlGroups= of its unit",
         _ => "made by its unit's sandbox options or by the service itself",
@@ -514,14 +521,8 @@ fn forward(
         let snapshot_dir = plan.transaction_dir.join(unit_dir_name(name));
         let images = snapshot_dir.join(IMAGES_SUBDIR);
         let tables_before = platform.nft_tables()?;
-        let external: Vec<u32> = unit
-            .inventory
-            .stdio_socket_inodes
-            .iter()
-            .filter_map(|i| u32::try_from(*i).ok())
-            .collect();
         let stats = platform
-            .criu_dump(&unit.status, &images, &external)
+            .criu_dump(&unit.status, &unit.inventory, &images)
             .with_context(|| format!("checkpoint of {name} failed"))?;
         undo.push(Undo::RestoreInPlace {
             unit: name.clone(),
@@ -551,6 +552,7 @@ fn forward(
             connections: unit.inventory.established.clone(),
             journal_socket_inodes: unit.inventory.stdio_socket_inodes.clone(),
             pid_file: Some(unit.status.pid_file.clone()).filter(|p| !p.is_empty()),
+            mount_sandbox: unit.inventory.mount_sandbox.clone(),
             frozen_ms: stats.frozen.as_millis() as u64,
             images: compute_digests(&images)?,
         };

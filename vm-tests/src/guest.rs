@@ -89,6 +89,22 @@ impl Guest {
             .stdout)
     }
 
+    /// [`Guest::sh`] for a script that only reads (safe to run twice): ssh's
+    /// own failures (exit 255, e.g. a login racing the end of the user's
+    /// previous session right after a boot) are retried a few times.
+    pub fn query(&self, script: &str) -> Result<String> {
+        let mut attempt = 0;
+        loop {
+            let done = self.run(script, COMMAND_TIMEOUT)?;
+            attempt += 1;
+            if done.status.code() == Some(SSH_FAILED) && attempt < 4 {
+                std::thread::sleep(Duration::from_secs(2));
+                continue;
+            }
+            return Ok(done.ok(&format!("guest command `{script}`"))?.stdout);
+        }
+    }
+
     /// Runs a script with a local file as its standard input.
     pub fn sh_with_input(&self, script: &str, input: &Path, timeout: Duration) -> Result<String> {
         let file = File::open(input).with_context(|| format!("cannot open {}", input.display()))?;
@@ -123,6 +139,9 @@ impl Guest {
         })
     }
 }
+
+/// ssh's exit status for its own failures (connection, login).
+const SSH_FAILED: i32 = 255;
 
 /// Parses the output of `cat boot_id; uname -r`.
 pub fn parse_boot_info(stdout: &str) -> Result<BootInfo> {

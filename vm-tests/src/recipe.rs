@@ -19,7 +19,10 @@ pub const CUSTOMIZE_SCRIPT: &str = include_str!("../guest/customize.sh");
 /// Packages every lab guest has: systemd, the checkpoint engine, the kexec
 /// tools, the firewall, the trixie kernel the guest boots first, and stock
 /// Debian services preserved as their package ships them (nginx: a root
-/// master with unprivileged workers, `Type=forking` with a `PIDFile=`).
+/// master with unprivileged workers, `Type=forking` with a `PIDFile=`;
+/// memcached: its own user in a sandbox with a mount namespace and a private
+/// /tmp; redis: `Type=notify` and a sandbox with `PrivateUsers=`, which CRIU
+/// cannot checkpoint).
 pub const BASE_PACKAGES: &[&str] = &[
     "systemd-sysv",
     "udev",
@@ -36,6 +39,8 @@ pub const BASE_PACKAGES: &[&str] = &[
     "kmod",
     "python3",
     "nginx",
+    "memcached",
+    "redis-server",
 ];
 
 /// The recipe of a guest base image.

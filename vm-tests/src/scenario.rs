@@ -297,7 +297,7 @@ impl Session<'_> {
     /// subtracts it from the middle of the round trip (error: half of it).
     pub fn unit_active_since_unix(&self, unit: &str) -> Result<f64> {
         let sent = now_unix();
-        let out = self.guest().sh(&format!(
+        let out = self.guest().query(&format!(
             "cut -d' ' -f1 /proc/uptime; systemctl show -p ActiveEnterTimestampMonotonic --value {unit}"
         ))?;
         let middle = (sent + now_unix()) / 2.0;
@@ -469,7 +469,7 @@ pub fn seamless_update(lab: &Lab) -> Result<ScenarioReport> {
         SeamlessVariant {
             linux_peer: true,
             via_dbus: false,
-            nginx: true,
+            debian_services: true,
         },
     )
 }
@@ -485,7 +485,7 @@ pub fn seamless_update_linux_peer(lab: &Lab) -> Result<ScenarioReport> {
         SeamlessVariant {
             linux_peer: true,
             via_dbus: true,
-            nginx: false,
+            debian_services: false,
         },
     )
 }
@@ -498,8 +498,10 @@ struct SeamlessVariant {
     linux_peer: bool,
     /// Start the update with `busctl` rather than the command line.
     via_dbus: bool,
-    /// Preserve Debian's nginx with a download in flight as well.
-    nginx: bool,
+    /// Preserve Debian's nginx (a download in flight) and memcached (a
+    /// sandboxed unit, a client's counter) as well, and leave redis (which
+    /// cannot be) to a restart.
+    debian_services: bool,
 }
 
 fn seamless(lab: &Lab, variant: SeamlessVariant) -> Result<ScenarioReport> {
@@ -518,7 +520,7 @@ fn seamless(lab: &Lab, variant: SeamlessVariant) -> Result<ScenarioReport> {
 /// A unit's `ActiveState` and `MainPID`. (`systemctl show --value` prints
 /// values in its own order, not the order asked for, so keys are parsed.)
 fn unit_main_pid(guest: &Guest, unit: &str) -> Result<(String, i32)> {
-    let out = guest.sh(&format!("systemctl show -p ActiveState -p MainPID {unit}"))?;
+    let out = guest.query(&format!("systemctl show -p ActiveState -p MainPID {unit}"))?;
     Ok(parse_active_and_pid(&out))
 }
 
@@ -526,7 +528,7 @@ fn unit_main_pid(guest: &Guest, unit: &str) -> Result<(String, i32)> {
 /// `/proc/PID/status`: its user and group ids, no-new-privileges, seccomp
 /// mode and filter count, and capability sets, one `Key: value` a line.
 fn process_identity(guest: &Guest, pid: i32) -> Result<String> {
-    guest.sh(&format!(
+    guest.query(&format!(
         "grep -E '^(Uid|Gid|Groups|NoNewPrivs|Seccomp|Seccomp_filters|CapInh|CapPrm|CapEff|CapBnd|CapAmb):' /proc/{pid}/status"
     ))
 }
@@ -691,23 +693,30 @@ fn failed_checkpoint_steps(session: &mut Session<'_>) -> Result<()> {
         refusal.is_ok(),
         refusal.unwrap_or_else(|e| format!("{e:#}")),
     );
-    // A unit in namespaces of its own (made by its sandbox options) is
-    // refused by the check, in an operator's words, rather than by CRIU.
+    // A unit in namespaces CRIU cannot checkpoint (made by its sandbox
+    // options) is refused by the check, in an operator's words, rather than
+    // by CRIU; its mount and hostname namespaces are not what stops it.
     guest.sh(
-        "systemd-run --unit=lab-sandboxed.service -p PrivateTmp=yes -p ProtectHostname=yes /bin/sleep 1002",
+        "systemd-run --unit=lab-sandboxed.service -p PrivateTmp=yes -p ProtectHostname=yes \
+         -p PrivateNetwork=yes -p PrivateUsers=yes /bin/sleep 1002",
     )?;
     let refusal = check_refuses(
         &guest,
         &kernel_b.vmlinuz,
         "lab-sandboxed.service",
         &[
-            "lab-sandboxed.service: cannot be preserved yet",
-            "its own mount namespace",
-            "PrivateTmp=",
-            "its own hostname (UTS) namespace",
-            "ProtectHostname=",
+            "lab-sandboxed.service: cannot be preserved: it runs in its own network namespace",
+            "PrivateNetwork=",
+            "its own user namespace",
+            "PrivateUsers=",
         ],
-    );
+    )
+    .and_then(|text| {
+        if text.contains("its own mount namespace") {
+            anyhow::bail!("the mount namespace was named as a reason: {text}");
+        }
+        Ok(text)
+    });
     guest.sh("systemctl stop lab-sandboxed.service")?;
     session.report.check(
         "a unit in namespaces of its own is refused by the check, naming the options",
@@ -819,9 +828,145 @@ fn failed_checkpoint_steps(session: &mut Session<'_>) -> Result<()> {
     Ok(())
 }
 
-/// A unit in a mount namespace of its own (not enabled), which the seamless
-/// scenario's configuration leaves to a restart.
-const SANDBOXED_UNIT: &str = "lab-sandboxed.service";
+/// A stock Debian unit the product cannot preserve (redis: its packaged
+/// unit has `PrivateUsers=`), which the seamless scenario's configuration
+/// leaves to a restart.
+const UNPRESERVABLE_UNIT: &str = "redis-server.service";
+
+/// memcached's port.
+const MEMCACHED_PORT: u16 = 11211;
+
+/// Debian's memcached (its packaged, sandboxed unit: its own user, a mount
+/// namespace with `PrivateTmp=`, `ProtectSystem=full`, `PrivateDevices=`,
+/// `NoNewPrivileges=`, a capability bounding set), with a client on the
+/// Linux peer incrementing a counter over one connection, and a file in the
+/// unit's private /tmp.
+struct MemcachedSession {
+    client: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    main_pid: i32,
+    identity: String,
+    private_file: String,
+}
+
+/// What the restored memcached must still have in its private /tmp.
+const MEMCACHED_TMP_TEXT: &str = "written before the update";
+
+impl MemcachedSession {
+    fn start(session: &Session<'_>) -> Result<MemcachedSession> {
+        let guest = session.guest();
+        // The operator's one change: listen beyond localhost.
+        guest.sh(
+            "sed -i 's/^-l 127.0.0.1$/-l 0.0.0.0/' /etc/memcached.conf && \
+             systemctl restart memcached.service && systemctl is-active memcached.service",
+        )?;
+        let (_, main_pid) = unit_main_pid(guest, "memcached.service")?;
+        let identity = process_identity(guest, main_pid)?;
+        let private_file = guest
+            .sh(&format!(
+                "d=$(ls -d /tmp/systemd-private-*-memcached.service-*/tmp) && \
+                 echo '{MEMCACHED_TMP_TEXT}' > $d/lab.txt && echo $d/lab.txt"
+            ))?
+            .trim()
+            .to_string();
+        let binary = required_binary(&session.lab.bin_dir, "lab-memcached-client")?;
+        let log = std::fs::File::create(session.vm.run_dir.join("client-memcached.log"))?;
+        let mut client = crate::process::wrapped_command(&session.wrapper(), binary)
+            .args([
+                "--connect",
+                &format!("{GUEST_PEER_ADDR}:{MEMCACHED_PORT}"),
+                "--interval-ms",
+                "100",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .context("cannot start the memcached client")?;
+        let stdin = client.stdin.take();
+        std::thread::sleep(Duration::from_secs(2));
+        if let Some(status) = client.try_wait()? {
+            anyhow::bail!("the memcached client ended at once ({status})");
+        }
+        Ok(MemcachedSession {
+            client,
+            stdin,
+            main_pid,
+            identity,
+            private_file,
+        })
+    }
+
+    /// After the update: the same process in its own sandbox, the client's
+    /// counter continued on its connection, the private /tmp kept, and the
+    /// unit's own restart, stop and start work. Returns the checks.
+    fn after_update(mut self, session: &Session<'_>) -> Result<Vec<(String, bool, String)>> {
+        let guest = session.guest().clone();
+        let mut checks = Vec::new();
+        let (state, pid) = unit_main_pid(&guest, "memcached.service")?;
+        let identity = process_identity(&guest, pid)?;
+        checks.push((
+            "memcached: active with the same process, user, capabilities and seccomp filter"
+                .to_string(),
+            state == "active" && pid == self.main_pid && identity == self.identity,
+            format!("{state}; MainPID {} -> {pid}:\n{identity}", self.main_pid),
+        ));
+        let sandbox = guest.sh(&format!(
+            "[ \"$(readlink /proc/{pid}/ns/mnt)\" != \"$(readlink /proc/1/ns/mnt)\" ] && \
+             nsenter -t {pid} -m cat /tmp/lab.txt && \
+             nsenter -t {pid} -m sh -c 'touch /usr/x 2>&1 || true'"
+        ));
+        checks.push((
+            "memcached: back in its own mount namespace, with its private /tmp and a read-only /usr"
+                .to_string(),
+            sandbox.as_ref().is_ok_and(|out| {
+                out.contains(MEMCACHED_TMP_TEXT) && out.contains("Read-only file system")
+            }),
+            format!("{sandbox:?} (written to {} before)", self.private_file),
+        ));
+        // Some increments after the restore, then the client's report.
+        std::thread::sleep(Duration::from_secs(3));
+        drop(self.stdin.take());
+        let finished = poll(
+            "the memcached client to stop",
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            || self.client.try_wait().map_err(Into::into),
+        );
+        let mut report = String::new();
+        if let Some(mut out) = self.client.stdout.take() {
+            std::io::Read::read_to_string(&mut out, &mut report)?;
+        }
+        let report: serde_json::Value = serde_json::from_str(report.trim()).unwrap_or_default();
+        let longest_wait_ms = report["longest_wait_ms"].as_u64().unwrap_or(0);
+        checks.push((
+            "memcached: the client's counter continued on its connection, no increment lost or repeated"
+                .to_string(),
+            finished.as_ref().is_ok_and(std::process::ExitStatus::success)
+                && report["error"].is_null()
+                && report["increments"].as_u64().unwrap_or(0) > 50
+                // The update happened within the connection's life.
+                && longest_wait_ms > 5_000,
+            format!("{finished:?}; {report}"),
+        ));
+        let restart = guest
+            .sh("systemctl restart memcached.service && systemctl is-active memcached.service");
+        let (_, after_restart) = unit_main_pid(&guest, "memcached.service")?;
+        let stop_start = guest.sh(
+            "systemctl stop memcached.service && ! systemctl is-active memcached.service && \
+             systemctl start memcached.service && systemctl is-active memcached.service",
+        );
+        checks.push((
+            "memcached: systemctl restart, stop and start work afterwards".to_string(),
+            restart.is_ok()
+                && after_restart != self.main_pid
+                && after_restart > 0
+                && stop_start.is_ok(),
+            format!("restart {restart:?} (MainPID {after_restart}); stop/start {stop_start:?}"),
+        ));
+        Ok(checks)
+    }
+}
 
 /// A download from Debian's nginx (its packaged unit and configuration) by
 /// curl on the host, slowed down so that it spans the update.
@@ -1015,19 +1160,21 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
     let state = session.start_lab_service()?;
     let (_, pid_before) = unit_main_pid(session.guest(), unit)?;
     let identity_before = process_identity(session.guest(), pid_before)?;
-    // With the CLI, a stock Debian service is preserved beside the lab's,
-    // and beside them a unit the product cannot preserve yet (its own mount
-    // namespace), which the configuration leaves to a restart.
-    let units = if variant.nginx {
+    // With the CLI, stock Debian services are preserved beside the lab's
+    // (nginx: root master and workers; memcached: a sandboxed unit with
+    // its own mount namespace), and beside them one the product cannot
+    // preserve (redis: PrivateUsers=), which the configuration leaves to a
+    // restart.
+    let mut unpreservable_pid = 0;
+    let units = if variant.debian_services {
         session.guest().sh(&format!(
-            "printf '[Service]\\nExecStart=/bin/sleep infinity\\nPrivateTmp=yes\\n' \
-               > /etc/systemd/system/{SANDBOXED_UNIT} && \
-             mkdir -p /etc/seamless-reboot/config.toml.d && \
-             printf '[policy]\\n\"{SANDBOXED_UNIT}\" = \"restart\"\\n' \
+            "mkdir -p /etc/seamless-reboot/config.toml.d && \
+             printf '[policy]\\n\"{UNPRESERVABLE_UNIT}\" = \"restart\"\\n' \
                > /etc/seamless-reboot/config.toml.d/50-lab.toml && \
-             systemctl daemon-reload && systemctl start {SANDBOXED_UNIT}"
+             systemctl is-active {UNPRESERVABLE_UNIT}"
         ))?;
-        format!("{unit} --unit nginx.service --unit {SANDBOXED_UNIT}")
+        unpreservable_pid = unit_main_pid(session.guest(), UNPRESERVABLE_UNIT)?.1;
+        format!("{unit} --unit nginx.service --unit memcached.service --unit {UNPRESERVABLE_UNIT}")
     } else {
         unit.to_string()
     };
@@ -1071,7 +1218,12 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
         "journalctl -u seamless-reboot.service --no-pager -o cat | grep -E 'Start by .* refused' | tail -1",
     )?;
     // The download starts last, so that it is in full flow at the update.
-    let mut nginx = if variant.nginx {
+    let memcached = if variant.debian_services {
+        Some(MemcachedSession::start(session)?)
+    } else {
+        None
+    };
+    let mut nginx = if variant.debian_services {
         Some(NginxDownload::start(session)?)
     } else {
         None
@@ -1188,17 +1340,19 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
         Some(n) => Some(nginx_after_update(session, n)?),
         None => None,
     };
-    let sandboxed = if nginx_checks.is_some() {
+    let memcached_checks = match memcached {
+        Some(m) => Some(m.after_update(session)?),
+        None => None,
+    };
+    let unpreservable = if variant.debian_services {
         let guest = session.guest().clone();
         Some(poll(
             "the unit left to a restart to be started",
             Duration::from_secs(120),
             Duration::from_secs(1),
             || {
-                let state = guest.sh(&format!(
-                    "systemctl is-active {SANDBOXED_UNIT}; systemctl is-enabled {SANDBOXED_UNIT} || true"
-                ));
-                Ok(state.ok().filter(|s| s.starts_with("active")))
+                let (state, pid) = unit_main_pid(&guest, UNPRESERVABLE_UNIT)?;
+                Ok((state == "active" && pid > 0).then_some(pid))
             },
         ))
     } else {
@@ -1313,28 +1467,28 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
         journal.contains("kernel changed"),
         crate::process::tail(&journal, 3).trim().to_string(),
     );
-    if let Some(started) = sandboxed {
+    if let Some(started) = unpreservable {
+        let said = update
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("left out {UNPRESERVABLE_UNIT}")))
+            .unwrap_or("nothing about it");
         report.check(
-            "a unit the plan cannot preserve, with policy restart, is left out and started by the next boot",
-            // Not enabled (its unit file has no [Install]): the next boot's
-            // generator linked it, which systemd shows as enabled-runtime.
-            update.stdout.contains(&format!("left out {SANDBOXED_UNIT} (policy restart)"))
+            "a stock unit the plan cannot preserve (PrivateUsers=), with policy restart, is left out with its reason and started afresh by the next boot",
+            said.contains("(policy restart)")
+                && said.contains("PrivateUsers=")
                 && started
                     .as_ref()
-                    .is_ok_and(|s| s.lines().nth(1) == Some("enabled-runtime")),
+                    .is_ok_and(|&pid| pid != unpreservable_pid),
             format!(
-                "{}; update said: {}",
-                match &started {
-                    Ok(state) => state.trim().replace('\n', ", "),
-                    Err(e) => format!("{e:#}"),
-                },
-                update
-                    .stdout
-                    .lines()
-                    .find(|l| l.starts_with("left out"))
-                    .unwrap_or("nothing about it")
+                "MainPID {unpreservable_pid} -> {started:?}; update said: {said}"
             ),
         );
+    }
+    if let Some(checks) = memcached_checks {
+        for (name, ok, detail) in checks {
+            report.check(&name, ok, detail);
+        }
     }
     if let Some(checks) = nginx_checks {
         report.check(

@@ -75,6 +75,13 @@ pub struct DumpOptions<'a> {
     pub external_unix_sockets: Vec<u32>,
     /// Further raw `--external` keys.
     pub external: Vec<String>,
+    /// The tree runs in a mount namespace copied from the host's (a
+    /// systemd sandbox): let CRIU treat every mount it finds in its own
+    /// namespace as external, slaves and shared ones included
+    /// (`auto_ext_mnt`, `ext_masters`, `ext_sharing`).
+    pub external_mounts: bool,
+    /// Mountpoints (in the tree's mount namespace) left out of the dump.
+    pub skip_mounts: Vec<String>,
     /// How cgroups are dumped; CRIU's default when unset.
     pub manage_cgroups_mode: Option<CriuCgMode>,
     /// Seconds CRIU waits for the tasks to freeze; CRIU's default when unset.
@@ -104,6 +111,8 @@ impl<'a> DumpOptions<'a> {
             link_remap: false,
             external_unix_sockets: Vec::new(),
             external: Vec::new(),
+            external_mounts: false,
+            skip_mounts: Vec::new(),
             manage_cgroups_mode: None,
             freeze_timeout_secs: None,
             log_file: Some("dump.log".into()),
@@ -146,6 +155,12 @@ impl<'a> DumpOptions<'a> {
             .map(|&ino| external_unix_socket_key(ino))
             .chain(self.external.iter().cloned())
             .collect();
+        if self.external_mounts {
+            opts.auto_ext_mnt = Some(true);
+            opts.ext_masters = Some(true);
+            opts.ext_sharing = Some(true);
+        }
+        opts.skip_mnt = self.skip_mounts.clone();
         if let Some(mode) = self.manage_cgroups_mode {
             opts.set_manage_cgroups_mode(mode);
         }
@@ -188,6 +203,11 @@ pub struct RestoreOptions<'a> {
     pub inherit_fds: Vec<InheritFd<'a>>,
     /// Raw `--external` keys (mounts, devices, ...).
     pub external: Vec<String>,
+    /// The tree had a mount namespace of its own: rebuild it on this root
+    /// (CRIU's `root`; `/` for a systemd sandbox, which is a copy of the
+    /// host's tree), binding the mounts the dump found external from the
+    /// same host paths again (`auto_ext_mnt`).
+    pub mount_namespace_root: Option<String>,
     /// How cgroups are restored; CRIU's default when unset.
     pub manage_cgroups_mode: Option<CriuCgMode>,
     /// LSM profile to apply, `apparmor:<name>` or `selinux:<context>`.
@@ -213,6 +233,7 @@ impl<'a> RestoreOptions<'a> {
             rst_sibling: true,
             inherit_fds: Vec::new(),
             external: Vec::new(),
+            mount_namespace_root: None,
             manage_cgroups_mode: None,
             lsm_profile: None,
             log_file: Some("restore.log".into()),
@@ -257,6 +278,10 @@ impl<'a> RestoreOptions<'a> {
             })
             .collect();
         opts.external = self.external.clone();
+        if let Some(root) = &self.mount_namespace_root {
+            opts.root = Some(root.clone());
+            opts.auto_ext_mnt = Some(true);
+        }
         if let Some(mode) = self.manage_cgroups_mode {
             opts.set_manage_cgroups_mode(mode);
         }
@@ -427,6 +452,43 @@ mod tests {
         assert_eq!(opts.log_level(), 2);
         assert_eq!(opts.notify_scripts, None);
         assert_eq!(opts.manage_cgroups_mode, None);
+    }
+
+    #[test]
+    fn a_sandboxed_tree_is_dumped_with_external_mounts_and_restored_on_root() {
+        let (_d, images) = dir();
+        let plain = DumpOptions::new(images.as_fd(), 7)
+            .to_criu_opts()
+            .expect("valid");
+        assert_eq!(
+            (plain.auto_ext_mnt, plain.ext_masters, plain.ext_sharing),
+            (None, None, None)
+        );
+        assert!(plain.skip_mnt.is_empty());
+        let mut o = DumpOptions::new(images.as_fd(), 7);
+        o.external_mounts = true;
+        o.skip_mounts = vec!["/run/user/0".into()];
+        let opts = o.to_criu_opts().expect("valid");
+        assert_eq!(opts.auto_ext_mnt, Some(true));
+        assert_eq!(opts.ext_masters, Some(true));
+        assert_eq!(opts.ext_sharing, Some(true));
+        assert_eq!(opts.skip_mnt, vec!["/run/user/0"]);
+        // A dump never names a root: that is the restore's.
+        assert_eq!(opts.root, None);
+
+        let plain = RestoreOptions::new(images.as_fd())
+            .to_criu_opts()
+            .expect("valid");
+        assert_eq!((plain.root, plain.auto_ext_mnt), (None, None));
+        let mut r = RestoreOptions::new(images.as_fd());
+        r.mount_namespace_root = Some("/".into());
+        r.external = vec!["mnt[private-tmp]:/tmp/x/tmp".into()];
+        let opts = r.to_criu_opts().expect("valid");
+        assert_eq!(opts.root.as_deref(), Some("/"));
+        assert_eq!(opts.auto_ext_mnt, Some(true));
+        assert_eq!(opts.external, vec!["mnt[private-tmp]:/tmp/x/tmp"]);
+        // mount-v2, not the compatibility mode.
+        assert_eq!(opts.mntns_compat_mode, None);
     }
 
     #[test]

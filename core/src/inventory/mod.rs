@@ -47,6 +47,7 @@ use serde::{Deserialize, Serialize};
 use crate::manifest::{TcpConnection, UnitNameError, validate_unit_name};
 
 pub mod procnet;
+pub mod sandbox;
 
 use procnet::{Family, InetSocket, TCP_ESTABLISHED, TCP_LISTEN, UNIX_SOCK_STREAM, UnixSocket};
 
@@ -119,6 +120,10 @@ pub struct UnitInventory {
     /// the first such process.
     #[serde(default)]
     pub foreign_namespaces: Vec<ForeignNamespace>,
+    /// The unit's mount namespace, when it has one of its own: what the
+    /// dump and the restore must be told about it.
+    #[serde(default)]
+    pub mount_sandbox: Option<sandbox::MountSandbox>,
     /// Resident memory of the unit's processes (`VmRSS`), in bytes: about
     /// what CRIU will write to disk for them.
     #[serde(default)]
@@ -295,6 +300,12 @@ impl Inventory {
         let thread_ids = self.cgroup_thread_ids(unit, cgroup, &pids)?;
         let outside_main_tree = self.outside_main_tree(main_pid, &pids)?;
         let foreign_namespaces = self.foreign_namespaces(&pids)?;
+        let mount_sandbox = if foreign_namespaces.iter().any(|ns| ns.kind == "mnt") {
+            ordered.retain(|pid| pids.contains(pid));
+            Some(self.mount_sandbox(unit, &ordered)?)
+        } else {
+            None
+        };
         let resident_bytes = self.resident_bytes(&pids)?;
         Ok(UnitInventory {
             unit: unit.to_owned(),
@@ -304,6 +315,7 @@ impl Inventory {
             main_pid,
             outside_main_tree,
             foreign_namespaces,
+            mount_sandbox,
             resident_bytes,
             listening: sockets.listening,
             established: sockets.established,

@@ -150,6 +150,11 @@ pub struct UnitSnapshot {
     /// Inodes of the unix sockets connecting stdout/stderr to journald; CRIU
     /// treats them as external and they must be reconnected on restore.
     pub journal_socket_inodes: Vec<u64>,
+    /// The unit's mount namespace, when it had one of its own (a systemd
+    /// sandbox): the restore rebuilds it on `/`, binding the unit's new
+    /// private directories and reopening the files held outside it.
+    #[serde(default)]
+    pub mount_sandbox: Option<crate::inventory::sandbox::MountSandbox>,
     /// How long the unit was frozen for the checkpoint, in milliseconds.
     pub frozen_ms: u64,
     /// Digests of every file in `images_dir`, sorted by name.

@@ -926,6 +926,7 @@ mod tests {
             connections,
             journal_socket_inodes: vec![],
             pid_file: None,
+            mount_sandbox: None,
             frozen_ms: 1,
             images: vec![],
         }

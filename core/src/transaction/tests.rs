@@ -27,6 +27,10 @@ struct FakePlatform {
     outside: Vec<crate::inventory::OutsideProcess>,
     /// Namespaces the inventory finds that are not PID 1's.
     namespaces: Vec<crate::inventory::ForeignNamespace>,
+    /// The mount sandbox the inventory finds.
+    sandbox: Option<crate::inventory::sandbox::MountSandbox>,
+    /// Units whose dump was told about a mount sandbox.
+    dumped_with_sandbox: RefCell<Vec<String>>,
     /// Other names of units: (alias, canonical name).
     aliases: Vec<(String, String)>,
     /// Free bytes where the images go (`None`: plenty).
@@ -90,6 +94,7 @@ impl Platform for FakePlatform {
         Ok(UnitInventory {
             outside_main_tree: self.outside.clone(),
             foreign_namespaces: self.namespaces.clone(),
+            mount_sandbox: self.sandbox.clone(),
             ..inventory(&status.unit)
         })
     }
@@ -146,9 +151,17 @@ impl Platform for FakePlatform {
     fn nft_delete_table(&self, name: &str) -> Result<()> {
         self.record(format!("nft-delete {name}"))
     }
-    fn criu_dump(&self, status: &UnitStatus, images_dir: &Path, _: &[u32]) -> Result<DumpStats> {
+    fn criu_dump(
+        &self,
+        status: &UnitStatus,
+        inventory: &UnitInventory,
+        images_dir: &Path,
+    ) -> Result<DumpStats> {
         let (unit, pid) = (status.unit.clone(), status.main_pid);
         self.record(format!("dump {unit}"))?;
+        if inventory.mount_sandbox.is_some() {
+            self.dumped_with_sandbox.borrow_mut().push(unit.clone());
+        }
         std::fs::create_dir_all(images_dir)?;
         std::fs::write(images_dir.join("core-1.img"), format!("pid {pid}"))?;
         if !self.no_tree.contains(&unit) {
@@ -195,6 +208,7 @@ fn inventory(unit: &str) -> UnitInventory {
         main_pid: 100,
         outside_main_tree: vec![],
         foreign_namespaces: vec![],
+        mount_sandbox: None,
         resident_bytes: 300 << 20,
         listening: vec![],
         established: vec![],
@@ -221,10 +235,13 @@ fn plan_for(dir: &Path, platform: &FakePlatform, units: &[&str]) -> Plan {
         source_kernel: "6.1.0".into(),
         units: units
             .iter()
-            .map(|u| PlannedUnit {
-                requested: (*u).to_string(),
-                status: platform.unit_status(u).expect("status"),
-                inventory: inventory(u),
+            .map(|u| {
+                let status = platform.unit_status(u).expect("status");
+                PlannedUnit {
+                    requested: (*u).to_string(),
+                    inventory: platform.inventory(&status).expect("inventory"),
+                    status,
+                }
             })
             .collect(),
         left_out: vec![],
@@ -296,6 +313,40 @@ fn happy_path_runs_in_order_and_ends_with_kexec() {
         "only b's own lock table: {rules}"
     );
     assert!(!rules.contains("CRIU-0"), "{rules}");
+}
+
+#[test]
+fn a_units_mount_sandbox_goes_to_its_dump_and_to_the_snapshot_the_next_boot_restores() {
+    use crate::inventory::sandbox::{MountSandbox, OutsideFile, PrivateDir};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let sandbox = MountSandbox {
+        private_dirs: vec![PrivateDir {
+            mountpoint: "/tmp".into(),
+            host_path: "/tmp/systemd-private-x-a.service-y/tmp".into(),
+        }],
+        outside_files: vec![OutsideFile {
+            mnt_id: 25,
+            inode: 4,
+            path: "/dev/null".into(),
+            writable: false,
+        }],
+        skipped_mounts: vec!["/run/user/0".into()],
+    };
+    let platform = FakePlatform {
+        namespaces: vec![crate::inventory::ForeignNamespace {
+            kind: "mnt".into(),
+            pid: 100,
+        }],
+        sandbox: Some(sandbox.clone()),
+        ..Default::default()
+    };
+    let plan = plan_for(tmp.path(), &platform, &["a.service"]);
+    let (_, mut progress) = steps();
+    run(&platform, &plan, &mut progress).expect("succeeds");
+    assert_eq!(*platform.dumped_with_sandbox.borrow(), vec!["a.service"]);
+    let manifest =
+        crate::manifest::Manifest::read_from(&plan.transaction_dir).expect("manifest written");
+    assert_eq!(manifest.units[0].mount_sandbox, Some(sandbox));
 }
 
 #[test]
@@ -538,7 +589,7 @@ fn a_unit_with_processes_outside_its_main_tree_is_refused_by_the_plan() {
 }
 
 #[test]
-fn a_unit_in_its_own_namespaces_is_refused_by_the_plan_with_the_options_that_made_them() {
+fn a_unit_with_its_own_user_or_network_namespace_is_refused_with_the_options_that_made_them() {
     let platform = FakePlatform {
         namespaces: vec![
             crate::inventory::ForeignNamespace {
@@ -546,7 +597,11 @@ fn a_unit_in_its_own_namespaces_is_refused_by_the_plan_with_the_options_that_mad
                 pid: 100,
             },
             crate::inventory::ForeignNamespace {
-                kind: "uts".into(),
+                kind: "net".into(),
+                pid: 100,
+            },
+            crate::inventory::ForeignNamespace {
+                kind: "user".into(),
                 pid: 101,
             },
         ],
@@ -555,13 +610,35 @@ fn a_unit_in_its_own_namespaces_is_refused_by_the_plan_with_the_options_that_mad
     let err = plan_one(&platform, "a.service").expect_err("refused");
     let text = format!("{err:#}");
     assert!(
-        text.starts_with("a.service: cannot be preserved yet: it runs in its own mount namespace (process 100; made by PrivateTmp="),
+        text.starts_with(
+            "a.service: cannot be preserved: it runs in its own network namespace (process 100; \
+             made by PrivateNetwork="
+        ),
         "{text}"
     );
     assert!(
-        text.contains("its own hostname (UTS) namespace (process 101; made by ProtectHostname="),
+        text.contains("its own user namespace (process 101; made by PrivateUsers="),
         "{text}"
     );
+    assert!(text.contains("`restart` policy"), "{text}");
+    // The mount namespace is not what stops it.
+    assert!(!text.contains("mount namespace"), "{text}");
+}
+
+#[test]
+fn a_unit_with_its_own_mount_hostname_and_ipc_namespaces_is_planned() {
+    let platform = FakePlatform {
+        namespaces: ["mnt", "uts", "ipc"]
+            .into_iter()
+            .map(|kind| crate::inventory::ForeignNamespace {
+                kind: kind.into(),
+                pid: 100,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let planned = plan_one(&platform, "a.service").expect("preservable");
+    assert_eq!(planned.status.unit, "a.service");
 }
 
 #[test]
@@ -663,7 +740,7 @@ fn the_plan_refuses_when_the_images_would_not_fit() {
 fn a_unit_that_cannot_be_preserved_is_left_to_the_next_boot_by_its_policy() {
     let platform = FakePlatform {
         namespaces: vec![crate::inventory::ForeignNamespace {
-            kind: "mnt".into(),
+            kind: "user".into(),
             pid: 100,
         }],
         ..Default::default()
@@ -685,14 +762,14 @@ fn a_unit_that_cannot_be_preserved_is_left_to_the_next_boot_by_its_policy() {
     assert!(units.is_empty());
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
-        problems[0].starts_with("p.service: cannot be preserved yet"),
+        problems[0].starts_with("p.service: cannot be preserved: it runs in its own user"),
         "{problems:?}"
     );
     assert_eq!(left_out.len(), 2);
     assert_eq!(left_out[0].unit, "r.service");
     assert_eq!(left_out[0].policy, UnitPolicy::Restart);
     assert!(
-        left_out[0].reason.contains("its own mount namespace"),
+        left_out[0].reason.contains("its own user namespace"),
         "{left_out:?}"
     );
     assert_eq!(
