@@ -327,6 +327,17 @@ fn plan_unit(platform: &dyn Platform, requested: &str, status: UnitStatus) -> Re
             status.main_pid
         );
     }
+    if !inventory.unsupported_files.is_empty() {
+        let list: Vec<String> = inventory
+            .unsupported_files
+            .iter()
+            .map(|f| format!("process {} holds {} (fd {})", f.pid, f.kind, f.fd))
+            .collect();
+        bail!(
+            "{unit}: cannot be preserved: {}, which CRIU cannot checkpoint",
+            list.join(", ")
+        );
+    }
     let foreign: Vec<String> = inventory
         .foreign_namespaces
         .iter()
@@ -429,8 +440,21 @@ pub fn new_transaction_id() -> String {
 #[derive(Debug)]
 enum Undo {
     UnloadKernel,
-    RemoveDropin { unit: String, name: String },
-    RestoreInPlace { unit: String, snapshot_dir: PathBuf },
+    RemoveDropin {
+        unit: String,
+        name: String,
+    },
+    RestoreInPlace {
+        unit: String,
+        snapshot_dir: PathBuf,
+    },
+    /// Before each checkpoint: whatever happened to it (CRIU killed or
+    /// failing halfway), the unit ends running and no lock table of CRIU's
+    /// is left behind (`lock_tables_before`: the CRIU tables there were).
+    KeepRunning {
+        unit: String,
+        lock_tables_before: Vec<String>,
+    },
     RemoveDir(PathBuf),
 }
 
@@ -521,6 +545,10 @@ fn forward(
         let snapshot_dir = plan.transaction_dir.join(unit_dir_name(name));
         let images = snapshot_dir.join(IMAGES_SUBDIR);
         let tables_before = platform.nft_tables()?;
+        undo.push(Undo::KeepRunning {
+            unit: name.clone(),
+            lock_tables_before: tables_before.clone(),
+        });
         let stats = platform
             .criu_dump(&unit.status, &unit.inventory, &images)
             .with_context(|| format!("checkpoint of {name} failed"))?;
@@ -629,6 +657,10 @@ fn rollback(platform: &dyn Platform, plan: &Plan, undo: Vec<Undo>) -> Vec<anyhow
             Undo::RestoreInPlace { unit, snapshot_dir } => {
                 restore_in_place(platform, plan, unit, snapshot_dir)
             }
+            Undo::KeepRunning {
+                unit,
+                lock_tables_before,
+            } => keep_running(platform, unit, lock_tables_before),
             Undo::RemoveDir(dir) => {
                 // Keep the snapshot if a unit could not be brought back: it
                 // is the only copy of that unit's state. Otherwise drop the
@@ -648,6 +680,34 @@ fn rollback(platform: &dyn Platform, plan: &Plan, undo: Vec<Undo>) -> Vec<anyhow
         errors.push(e);
     }
     errors
+}
+
+/// After a checkpoint that did not happen (or was undone): removes the lock
+/// tables CRIU made since `lock_tables_before` and did not remove (a CRIU
+/// killed halfway leaves its table, which would keep blocking the unit's
+/// connections), and starts `unit` with its own command if it is no longer
+/// active (a dump killed halfway may take the service with it), saying so.
+fn keep_running(platform: &dyn Platform, unit: &str, lock_tables_before: &[String]) -> Result<()> {
+    for table in platform.nft_tables()? {
+        if table.starts_with("CRIU-") && !lock_tables_before.contains(&table) {
+            platform.nft_delete_table(&table)?;
+        }
+    }
+    let status = platform.unit_status(unit)?;
+    if status.active_state == "active" {
+        return Ok(());
+    }
+    let was = status.active_state;
+    match platform.start_unit(unit) {
+        Ok(()) => bail!(
+            "{unit} was {was} after its checkpoint failed; it was started again with its own \
+             command (its state is lost)"
+        ),
+        Err(e) => Err(e.context(format!(
+            "{unit} was {was} after its checkpoint failed, and starting it with its own command \
+             failed"
+        ))),
+    }
 }
 
 /// Brings a checkpointed unit back on the running kernel: the unit restores

@@ -134,12 +134,6 @@ impl Layer {
             LAB_SERVICE_UNIT.as_bytes(),
             0o644,
         )?;
-        // The test service's own system user, made by systemd-sysusers.
-        self.add_bytes(
-            "/usr/lib/sysusers.d/seamless-lab.conf",
-            b"u lab-service - \"seamless-reboot lab test service\"\n",
-            0o644,
-        )?;
         self.add_bytes(
             "/etc/systemd/system/lab-blocker.service",
             LAB_BLOCKER_UNIT.as_bytes(),

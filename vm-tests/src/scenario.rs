@@ -158,7 +158,7 @@ impl Session<'_> {
         layer.install(self.guest())?;
         self.guest().sh(
             "systemctl reload dbus.service && systemd-tmpfiles --create /usr/lib/tmpfiles.d/seamless-reboot.conf \
-             && systemd-sysusers /usr/lib/sysusers.d/seamless-lab.conf && networkctl reload",
+             && networkctl reload",
         )?;
         if self.vm.netns.is_some() {
             let guest = self.guest().clone();
@@ -528,6 +528,22 @@ fn unit_main_pid(guest: &Guest, unit: &str) -> Result<(String, i32)> {
 /// `/proc/PID/status`: its user and group ids, no-new-privileges, seccomp
 /// mode and filter count, and capability sets, one `Key: value` a line.
 fn process_identity(guest: &Guest, pid: i32) -> Result<String> {
+    let status = process_status(guest, pid)?;
+    Ok(format!("{status}{}", own_namespaces(guest, pid)?))
+}
+
+/// The kinds of namespace `pid` has that PID 1 has not, and its hostname,
+/// as one `Namespaces: ...` line.
+fn own_namespaces(guest: &Guest, pid: i32) -> Result<String> {
+    let kinds = guest.query(&format!(
+        "for k in cgroup ipc mnt net pid user uts; do \
+           [ \"$(readlink /proc/{pid}/ns/$k)\" = \"$(readlink /proc/1/ns/$k)\" ] || printf '%s ' $k; \
+         done; nsenter -t {pid} -u hostname"
+    ))?;
+    Ok(format!("Namespaces:\t{}\n", kinds.trim()))
+}
+
+fn process_status(guest: &Guest, pid: i32) -> Result<String> {
     guest.query(&format!(
         "grep -E '^(Uid|Gid|Groups|NoNewPrivs|Seccomp|Seccomp_filters|CapInh|CapPrm|CapEff|CapBnd|CapAmb):' /proc/{pid}/status"
     ))
@@ -657,12 +673,15 @@ fn pid_collision_steps(session: &mut Session<'_>) -> Result<()> {
     Ok(())
 }
 
-/// A failed checkpoint: `seamless-reboot` with two units, the second of
-/// which CRIU cannot checkpoint. Expected: the command fails and says why,
-/// no kexec happens, both units run on the old kernel with their old main
-/// pids, the first unit's connections survive with nothing lost, no kernel
-/// stays loaded, and no drop-in or lock rule is left behind. Before that, a
-/// dry run refuses a unit with a process outside its main process's tree.
+/// A failed checkpoint: `seamless-reboot` with two units, and the CRIU that
+/// dumps the second killed halfway. Expected: the command fails and says
+/// why, no kexec happens, both units run on the old kernel (the first with
+/// its old main pid, restored in place; the second as it was, or started
+/// again if its half-done dump took it down, which the error says), the
+/// first unit's connections survive with nothing lost, no kernel stays
+/// loaded, and no drop-in or lock rule is left behind. Before that, dry runs
+/// refuse units the plan knows CRIU cannot checkpoint: a process outside
+/// the main process's tree, a user or network namespace, an io_uring.
 pub fn failed_checkpoint(lab: &Lab) -> Result<ScenarioReport> {
     lab.run_scenario(
         "failed-checkpoint",
@@ -742,6 +761,27 @@ fn failed_checkpoint_steps(session: &mut Session<'_>) -> Result<()> {
         refusal.unwrap_or_else(|e| format!("{e:#}")),
     );
 
+    // A unit holding an io_uring instance, which CRIU cannot checkpoint, is
+    // refused by the check too, rather than by its dump.
+    guest.sh("systemd-run --unit=lab-io-uring.service \
+         /usr/local/lib/seamless-lab/lab-service --listen 0.0.0.0:7779 --hold-io-uring")?;
+    let refusal = check_refuses(
+        &guest,
+        &kernel_b.vmlinuz,
+        "lab-io-uring.service",
+        &[
+            "lab-io-uring.service: cannot be preserved",
+            "holds an io_uring instance",
+            "which CRIU cannot checkpoint",
+        ],
+    );
+    guest.sh("systemctl stop lab-io-uring.service")?;
+    session.report.check(
+        "a unit holding an io_uring instance is refused by the check",
+        refusal.is_ok(),
+        refusal.unwrap_or_else(|e| format!("{e:#}")),
+    );
+
     guest.sh("systemctl start lab-blocker.service")?;
     let (_, service_pid) = unit_main_pid(&guest, "lab-service.service")?;
     let (blocker_state, blocker_pid) = unit_main_pid(&guest, "lab-blocker.service")?;
@@ -751,13 +791,26 @@ fn failed_checkpoint_steps(session: &mut Session<'_>) -> Result<()> {
     session.start_standard_clients(state.total)?;
     let before = session.probe()?;
 
+    // The fault: the CRIU that dumps the blocker (the second unit) is killed
+    // halfway, as soon as it has seized the blocker's process (its tracer).
     let update = guest.run(
         &format!(
-            "seamless-reboot --kernel /boot/{} --unit lab-service.service --unit lab-blocker.service --yes",
+            "rm -f /run/lab-killed-criu; \
+             (for i in $(seq 6000); do \
+                t=$(awk '/^TracerPid:/ {{print $2}}' /proc/{blocker_pid}/status 2>/dev/null); \
+                if [ -n \"$t\" ] && [ \"$t\" != 0 ]; then \
+                  kill -9 $t && echo \"CRIU $t killed while dumping pid {blocker_pid}\" > /run/lab-killed-criu; \
+                  break; \
+                fi; \
+                sleep 0.01; \
+              done) & \
+             seamless-reboot --kernel /boot/{} --unit lab-service.service --unit lab-blocker.service --yes; \
+             status=$?; wait; exit $status",
             kernel_b.vmlinuz
         ),
         Duration::from_secs(300),
     )?;
+    let killed = guest.sh("cat /run/lab-killed-criu 2>/dev/null || true")?;
     let output = update.output();
     std::fs::write(session.vm.run_dir.join("update.log"), &output)?;
 
@@ -782,10 +835,19 @@ fn failed_checkpoint_steps(session: &mut Session<'_>) -> Result<()> {
     report.kernel_after = Some(now.kernel.clone());
     report.boot_id_after = Some(now.boot_id.clone());
     report.check(
+        "the fault happened: CRIU was killed while dumping the second unit",
+        !killed.trim().is_empty(),
+        killed.trim().to_string(),
+    );
+    // Either the blocker survived its half-done dump and everything was
+    // undone, or it did not and was started again, which the error says.
+    report.check(
         "the update failed and said why",
         !update.status.success()
             && output.contains("checkpoint of lab-blocker.service failed")
-            && output.contains("everything was undone"),
+            && (output.contains("everything was undone")
+                || output.contains("lab-blocker.service was inactive after its checkpoint failed; it was started again")
+                || output.contains("lab-blocker.service was failed after its checkpoint failed; it was started again")),
         crate::process::tail(&output, 4).trim().to_string(),
     );
     report.check(
@@ -798,12 +860,13 @@ fn failed_checkpoint_steps(session: &mut Session<'_>) -> Result<()> {
         loaded.trim() == "0",
         format!("/sys/kernel/kexec_loaded = {}", loaded.trim()),
     );
+    let blocker_restarted = output.contains("lab-blocker.service was");
     report.check(
-        "both units running with their old main pids",
+        "both units running: the first restored with its old main pid, the second as it was or started again as reported",
         service_state == "active"
             && service_pid_after == service_pid
             && blocker_state == "active"
-            && blocker_pid_after == blocker_pid,
+            && (blocker_pid_after == blocker_pid || blocker_restarted),
         format!(
             "lab-service {service_state} {service_pid} -> {service_pid_after}, lab-blocker {blocker_state} {blocker_pid} -> {blocker_pid_after}"
         ),
@@ -1398,8 +1461,9 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
         format!("MainPID {pid_before} before, {restored_pid} after"),
     );
     report.check(
-        "the restored process has its user, capabilities and seccomp filter back",
+        "the restored process has its user, capabilities, seccomp filter and its own mount and hostname namespaces back",
         identity_after == identity_before
+            && identity_before.contains("Namespaces:\tmnt uts lab")
             && identity_before.contains("NoNewPrivs:\t1")
             && identity_before.contains("Seccomp:\t2")
             && !identity_before.contains("Uid:\t0"),

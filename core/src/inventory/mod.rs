@@ -120,6 +120,10 @@ pub struct UnitInventory {
     /// the first such process.
     #[serde(default)]
     pub foreign_namespaces: Vec<ForeignNamespace>,
+    /// Open files of kinds CRIU cannot checkpoint (an io_uring instance):
+    /// the plan refuses the unit rather than let its dump fail.
+    #[serde(default)]
+    pub unsupported_files: Vec<UnsupportedFile>,
     /// The unit's mount namespace, when it has one of its own: what the
     /// dump and the restore must be told about it.
     #[serde(default)]
@@ -150,6 +154,22 @@ pub struct ForeignNamespace {
     /// The first process of the unit (in pid order) that has it.
     pub pid: i32,
 }
+
+/// An open file CRIU cannot checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnsupportedFile {
+    /// The process holding it.
+    pub pid: i32,
+    /// Its fd number.
+    pub fd: u32,
+    /// What it is, in an operator's words (e.g. `an io_uring instance`).
+    pub kind: String,
+}
+
+/// Kinds of file CRIU 4.1 has no dumper for, by the target of their
+/// `/proc/<pid>/fd/<n>` link, with an operator's name for each.
+const UNSUPPORTED_FILE_LINKS: [(&str, &str); 1] =
+    [("anon_inode:[io_uring]", "an io_uring instance")];
 
 /// A process of a unit's cgroup outside its main process's tree.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -300,6 +320,7 @@ impl Inventory {
         let thread_ids = self.cgroup_thread_ids(unit, cgroup, &pids)?;
         let outside_main_tree = self.outside_main_tree(main_pid, &pids)?;
         let foreign_namespaces = self.foreign_namespaces(&pids)?;
+        let unsupported_files = self.unsupported_files(&pids)?;
         let mount_sandbox = if foreign_namespaces.iter().any(|ns| ns.kind == "mnt") {
             ordered.retain(|pid| pids.contains(pid));
             Some(self.mount_sandbox(unit, &ordered)?)
@@ -315,6 +336,7 @@ impl Inventory {
             main_pid,
             outside_main_tree,
             foreign_namespaces,
+            unsupported_files,
             mount_sandbox,
             resident_bytes,
             listening: sockets.listening,
@@ -387,6 +409,45 @@ impl Inventory {
                     Err(e) => return Err(io_err(&path, "cannot read")(e)),
                 }
             }
+        }
+        Ok(found)
+    }
+
+    /// The open files among `pids`' that CRIU cannot checkpoint, in pid and
+    /// fd order. Processes that exit meanwhile are left out.
+    pub fn unsupported_files(&self, pids: &[i32]) -> Result<Vec<UnsupportedFile>, InventoryError> {
+        let mut found = Vec::new();
+        for &pid in pids {
+            let dir = self.root.join(format!("proc/{pid}/fd"));
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(&dir, "cannot list open files of")(e)),
+            };
+            let mut here = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(io_err(&dir, "cannot list open files of"))?;
+                let Some(fd) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                let Ok(target) = fs::read_link(entry.path()) else {
+                    continue; // closed since the listing
+                };
+                let target = target.to_string_lossy();
+                if let Some((_, kind)) = UNSUPPORTED_FILE_LINKS.iter().find(|(l, _)| *l == target) {
+                    here.push(UnsupportedFile {
+                        pid,
+                        fd,
+                        kind: (*kind).to_string(),
+                    });
+                }
+            }
+            here.sort_by_key(|f| f.fd);
+            found.extend(here);
         }
         Ok(found)
     }

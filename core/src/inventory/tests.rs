@@ -657,3 +657,33 @@ fn resident_memory_is_summed_over_the_processes() {
             > 0
     );
 }
+
+#[test]
+fn finds_the_io_uring_instances_criu_cannot_checkpoint() {
+    let root = tempfile::tempdir().unwrap();
+    for (pid, fds) in [
+        (
+            100,
+            vec![("0", "/dev/null"), ("5", "anon_inode:[eventpoll]")],
+        ),
+        (
+            101,
+            vec![
+                ("9", "anon_inode:[io_uring]"),
+                ("3", "anon_inode:[io_uring]"),
+            ],
+        ),
+    ] {
+        let dir = root.path().join(format!("proc/{pid}/fd"));
+        fs::create_dir_all(&dir).unwrap();
+        for (fd, target) in fds {
+            symlink(target, dir.join(fd)).unwrap();
+        }
+    }
+    let found = Inventory::new(root.path())
+        .unsupported_files(&[100, 101, 102])
+        .unwrap();
+    let fds: Vec<(i32, u32)> = found.iter().map(|f| (f.pid, f.fd)).collect();
+    assert_eq!(fds, vec![(101, 3), (101, 9)]);
+    assert_eq!(found[0].kind, "an io_uring instance");
+}

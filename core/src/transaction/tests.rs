@@ -27,6 +27,15 @@ struct FakePlatform {
     outside: Vec<crate::inventory::OutsideProcess>,
     /// Namespaces the inventory finds that are not PID 1's.
     namespaces: Vec<crate::inventory::ForeignNamespace>,
+    /// Units whose failed dump kills them and leaves CRIU's lock table (a
+    /// CRIU killed halfway).
+    dies_in_failed_dump: Vec<String>,
+    /// Units systemd shows as inactive.
+    inactive: RefCell<Vec<String>>,
+    /// The lock table each dump made: (unit, table).
+    dump_tables: RefCell<Vec<(String, String)>>,
+    /// Files the inventory finds that CRIU cannot checkpoint.
+    unsupported: Vec<crate::inventory::UnsupportedFile>,
     /// The mount sandbox the inventory finds.
     sandbox: Option<crate::inventory::sandbox::MountSandbox>,
     /// Units whose dump was told about a mount sandbox.
@@ -62,6 +71,14 @@ impl FakePlatform {
     fn calls(&self) -> Vec<String> {
         self.calls.borrow().clone()
     }
+    /// The calls after the first `call`.
+    fn calls_after(&self, call: &str) -> Vec<String> {
+        self.calls()
+            .into_iter()
+            .skip_while(|c| c != call)
+            .skip(1)
+            .collect()
+    }
 }
 
 impl Platform for FakePlatform {
@@ -78,9 +95,14 @@ impl Platform for FakePlatform {
             .find(|(alias, _)| *alias == unit)
             .map_or(unit.clone(), |(_, id)| id.clone());
         let unit = unit.as_str();
+        let active_state = if self.inactive.borrow().iter().any(|u| u == unit) {
+            "inactive"
+        } else {
+            "active"
+        };
         Ok(UnitStatus {
             unit: unit.into(),
-            active_state: "active".into(),
+            active_state: active_state.into(),
             sub_state: "running".into(),
             main_pid: 100,
             control_group: format!("/system.slice/{unit}"),
@@ -94,6 +116,7 @@ impl Platform for FakePlatform {
         Ok(UnitInventory {
             outside_main_tree: self.outside.clone(),
             foreign_namespaces: self.namespaces.clone(),
+            unsupported_files: self.unsupported.clone(),
             mount_sandbox: self.sandbox.clone(),
             ..inventory(&status.unit)
         })
@@ -128,6 +151,7 @@ impl Platform for FakePlatform {
         self.record(format!("start {unit}"))?;
         if !self.restoring.borrow().iter().any(|u| u == unit) {
             // The unit's own command.
+            self.inactive.borrow_mut().retain(|u| u != unit);
             return Ok(());
         }
         if self.failing_restore.iter().any(|u| u == unit) {
@@ -140,6 +164,10 @@ impl Platform for FakePlatform {
         {
             bail!("{unit}: no {UNIT_SNAPSHOT_FILE} to restore from");
         }
+        // CRIU's restore removes the dump's lock table.
+        if let Some((_, table)) = self.dump_tables.borrow().iter().find(|(u, _)| u == unit) {
+            self.tables.borrow_mut().retain(|t| t != table);
+        }
         Ok(())
     }
     fn nft_tables(&self) -> Result<Vec<String>> {
@@ -149,7 +177,9 @@ impl Platform for FakePlatform {
         Ok(format!("table inet {name} {{\n}}\n"))
     }
     fn nft_delete_table(&self, name: &str) -> Result<()> {
-        self.record(format!("nft-delete {name}"))
+        self.record(format!("nft-delete {name}"))?;
+        self.tables.borrow_mut().retain(|t| t != name);
+        Ok(())
     }
     fn criu_dump(
         &self,
@@ -158,7 +188,13 @@ impl Platform for FakePlatform {
         images_dir: &Path,
     ) -> Result<DumpStats> {
         let (unit, pid) = (status.unit.clone(), status.main_pid);
-        self.record(format!("dump {unit}"))?;
+        if let Err(e) = self.record(format!("dump {unit}")) {
+            if self.dies_in_failed_dump.contains(&unit) {
+                self.inactive.borrow_mut().push(unit.clone());
+                self.tables.borrow_mut().push(format!("CRIU-{unit}"));
+            }
+            return Err(e);
+        }
         if inventory.mount_sandbox.is_some() {
             self.dumped_with_sandbox.borrow_mut().push(unit.clone());
         }
@@ -182,8 +218,11 @@ impl Platform for FakePlatform {
             std::fs::write(images_dir.join(PSTREE_IMAGE), encode_process_tree(&tree))?;
         }
         std::fs::write(images_dir.join("dump.log"), "criu said things")?;
-        let n = self.tables.borrow().len();
+        let n = self.dump_tables.borrow().len();
         self.tables.borrow_mut().push(format!("CRIU-{n}"));
+        self.dump_tables
+            .borrow_mut()
+            .push((unit.clone(), format!("CRIU-{n}")));
         Ok(DumpStats {
             frozen: Duration::from_millis(300),
         })
@@ -208,6 +247,7 @@ fn inventory(unit: &str) -> UnitInventory {
         main_pid: 100,
         outside_main_tree: vec![],
         foreign_namespaces: vec![],
+        unsupported_files: vec![],
         mount_sandbox: None,
         resident_bytes: 300 << 20,
         listening: vec![],
@@ -410,19 +450,46 @@ fn failed_kernel_load_freezes_nothing() {
 }
 
 #[test]
+fn a_unit_a_failed_checkpoint_took_down_is_started_again_and_criu_leftovers_removed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let platform = FakePlatform {
+        dies_in_failed_dump: vec!["b.service".into()],
+        ..FakePlatform::failing(&["dump b.service"])
+    };
+    let plan = plan_for(tmp.path(), &platform, &["a.service", "b.service"]);
+    let (_, mut progress) = steps();
+    let err = run(&platform, &plan, &mut progress).expect_err("fails");
+    let after_failure = platform.calls_after("dump b.service");
+    // b first (the last step done), while a's snapshot and lock table stay
+    // for its in-place restore; then a.
+    assert_eq!(
+        after_failure[..2],
+        ["nft-delete CRIU-b.service", "start b.service"]
+    );
+    assert!(
+        after_failure.contains(&"start a.service".to_string()),
+        "{after_failure:?}"
+    );
+    assert!(platform.tables.borrow().is_empty(), "{:?}", platform.tables);
+    assert!(platform.inactive.borrow().is_empty());
+    let text = format!("{err}");
+    assert!(
+        text.contains(
+            "b.service was inactive after its checkpoint failed; it was started again with its \
+             own command (its state is lost)"
+        ),
+        "{text}"
+    );
+}
+
+#[test]
 fn failed_second_checkpoint_restores_the_first_in_place_and_unloads() {
     let tmp = tempfile::tempdir().expect("tmp");
     let platform = FakePlatform::failing(&["dump b.service"]);
     let plan = plan_for(tmp.path(), &platform, &["a.service", "b.service"]);
     let (_, mut progress) = steps();
     let err = run(&platform, &plan, &mut progress).expect_err("fails");
-    let calls = platform.calls();
-    let after_failure: Vec<&str> = calls
-        .iter()
-        .skip_while(|c| *c != "dump b.service")
-        .skip(1)
-        .map(String::as_str)
-        .collect();
+    let after_failure = platform.calls_after("dump b.service");
     assert_eq!(
         after_failure,
         vec![
@@ -439,7 +506,7 @@ fn failed_second_checkpoint_restores_the_first_in_place_and_unloads() {
             "daemon-reload",
         ]
     );
-    assert!(!calls.contains(&"kexec".to_string()));
+    assert!(!platform.calls().contains(&"kexec".to_string()));
     assert!(err.rollback_errors.is_empty(), "{err}");
     let text = format!("{err}");
     assert!(text.contains("checkpoint of b.service failed"), "{text}");
@@ -623,6 +690,24 @@ fn a_unit_with_its_own_user_or_network_namespace_is_refused_with_the_options_tha
     assert!(text.contains("`restart` policy"), "{text}");
     // The mount namespace is not what stops it.
     assert!(!text.contains("mount namespace"), "{text}");
+}
+
+#[test]
+fn a_unit_holding_a_file_criu_cannot_checkpoint_is_refused_by_the_plan() {
+    let platform = FakePlatform {
+        unsupported: vec![crate::inventory::UnsupportedFile {
+            pid: 101,
+            fd: 7,
+            kind: "an io_uring instance".into(),
+        }],
+        ..Default::default()
+    };
+    let err = plan_one(&platform, "a.service").expect_err("refused");
+    assert_eq!(
+        format!("{err:#}"),
+        "a.service: cannot be preserved: process 101 holds an io_uring instance (fd 7), \
+         which CRIU cannot checkpoint"
+    );
 }
 
 #[test]

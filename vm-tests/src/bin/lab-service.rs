@@ -29,8 +29,8 @@ Test service for the seamless-reboot lab (see the traffic module).
   --listen ADDR      address to listen on (default 0.0.0.0:7777)
   --hold-unix PATH   keep a connection to the unix stream socket PATH open
   --hold-io-uring    keep an io_uring instance open, which CRIU cannot
-                     checkpoint (it does not support io_uring): the lab's
-                     way to make a checkpoint fail
+                     checkpoint (it does not support io_uring): the plan
+                     must refuse such a unit
   -h, --help      show this help
 ";
 

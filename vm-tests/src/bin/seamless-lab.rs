@@ -22,7 +22,7 @@ commands:
   seamless-linux-peer
              the update started through D-Bus (busctl), without nginx
   failed-checkpoint
-             seamless-reboot with a second unit CRIU cannot checkpoint: nothing changes
+             the CRIU dumping a second unit is killed halfway: nothing changes
   pid-collision
              another process takes the service's pid early in the next boot: it cold-starts
   demo       the main job: the seamless scenario
