@@ -390,6 +390,42 @@ pub fn never_preserved(unit: &str) -> Option<&'static str> {
 /// mount namespace on `/`, with the host's mounts bound again).
 pub const PRESERVED_NAMESPACES: [&str; 3] = ["mnt", "uts", "ipc"];
 
+/// What a planned unit's sandbox holds that the restore builds again, in an
+/// operator's words, e.g. `its own mount namespace (private /tmp and
+/// /var/tmp) and hostname (UTS) namespace`; `None` for a unit without
+/// namespaces of its own.
+pub fn sandbox_summary(inventory: &UnitInventory) -> Option<String> {
+    let kinds: Vec<String> = inventory
+        .foreign_namespaces
+        .iter()
+        .filter(|ns| PRESERVED_NAMESPACES.contains(&ns.kind.as_str()))
+        .map(|ns| {
+            let private: Vec<&str> = match (&inventory.mount_sandbox, ns.kind.as_str()) {
+                (Some(sandbox), "mnt") => sandbox
+                    .private_dirs
+                    .iter()
+                    .map(|d| d.mountpoint.as_str())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if private.is_empty() {
+                namespace_name(&ns.kind).to_string()
+            } else {
+                format!(
+                    "{} (private {})",
+                    namespace_name(&ns.kind),
+                    private.join(" and ")
+                )
+            }
+        })
+        .collect();
+    match kinds.as_slice() {
+        [] => None,
+        [one] => Some(format!("its own {one} namespace")),
+        [rest @ .., last] => Some(format!("its own {} and {last} namespaces", rest.join(", "))),
+    }
+}
+
 /// An operator's name for a kind of namespace (`/proc/<pid>/ns/<kind>`).
 fn namespace_name(kind: &str) -> &str {
     match kind {

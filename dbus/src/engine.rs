@@ -50,6 +50,10 @@ pub struct PlannedUnitSummary {
     pub main_pid: i32,
     pub processes: usize,
     pub connections: usize,
+    /// The namespaces of its own the restore builds again, in an operator's
+    /// words; empty for a unit without any.
+    #[serde(default)]
+    pub sandbox: String,
 }
 
 impl PlanSummary {
@@ -71,6 +75,7 @@ impl PlanSummary {
                     main_pid: u.status.main_pid,
                     processes: u.inventory.pids.len(),
                     connections: u.inventory.established.len(),
+                    sandbox: transaction::sandbox_summary(&u.inventory).unwrap_or_default(),
                 })
                 .collect(),
             left_out: plan

@@ -115,6 +115,7 @@ impl SimulatedEngine {
                     main_pid: 4242,
                     processes: 1,
                     connections: 2,
+                    sandbox: String::new(),
                 })
                 .collect(),
             left_out: Vec::new(),

@@ -185,8 +185,13 @@ fn update(args: &[String]) -> Result<ExitCode> {
         .collect();
     println!("cmdline  {} {MARKER_KEY}=<id>", cmdline.join(" "));
     for unit in &plan.units {
+        let sandbox = if unit.sandbox.is_empty() {
+            String::new()
+        } else {
+            format!("; in {}, built again at the restore", unit.sandbox)
+        };
         println!(
-            "unit     {}: pid {}, {} processes, {} established TCP connections",
+            "unit     {}: pid {}, {} processes, {} established TCP connections{sandbox}",
             unit.unit, unit.main_pid, unit.processes, unit.connections
         );
     }

@@ -1469,6 +1469,20 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
             && !identity_before.contains("Uid:\t0"),
         format!("before:\n{identity_before}after:\n{identity_after}"),
     );
+    let planned_sandbox = update
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("unit     {unit}:")))
+        .unwrap_or("no line for the unit");
+    if !variant.via_dbus {
+        report.check(
+            "the plan said which sandbox the restore builds again",
+            planned_sandbox.contains(
+                "in its own mount (private /tmp and /var/tmp) and hostname (UTS) namespaces",
+            ),
+            planned_sandbox.to_string(),
+        );
+    }
     report.check(
         "after the restore the unit runs by its own unit file again (no restore drop-in)",
         handed_back.is_ok(),

@@ -896,3 +896,36 @@ fn units_left_to_a_restart_are_named_in_the_manifest() {
         crate::manifest::Manifest::read_from(&plan.transaction_dir).expect("manifest written");
     assert_eq!(manifest.restart_units, vec!["r.service"]);
 }
+
+#[test]
+fn the_sandbox_the_restore_builds_again_is_summed_up_for_the_operator() {
+    use crate::inventory::sandbox::{MountSandbox, PrivateDir};
+    let mut unit = inventory("a.service");
+    assert_eq!(sandbox_summary(&unit), None);
+    unit.foreign_namespaces = ["mnt", "uts"]
+        .into_iter()
+        .map(|kind| crate::inventory::ForeignNamespace {
+            kind: kind.into(),
+            pid: 100,
+        })
+        .collect();
+    assert_eq!(
+        sandbox_summary(&unit).as_deref(),
+        Some("its own mount and hostname (UTS) namespaces")
+    );
+    unit.mount_sandbox = Some(MountSandbox {
+        private_dirs: ["/tmp", "/var/tmp"]
+            .into_iter()
+            .map(|m| PrivateDir {
+                mountpoint: m.into(),
+                host_path: format!("/x{m}").into(),
+            })
+            .collect(),
+        ..MountSandbox::default()
+    });
+    unit.foreign_namespaces.truncate(1);
+    assert_eq!(
+        sandbox_summary(&unit).as_deref(),
+        Some("its own mount (private /tmp and /var/tmp) namespace")
+    );
+}
