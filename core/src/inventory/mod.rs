@@ -418,36 +418,16 @@ impl Inventory {
     pub fn unsupported_files(&self, pids: &[i32]) -> Result<Vec<UnsupportedFile>, InventoryError> {
         let mut found = Vec::new();
         for &pid in pids {
-            let dir = self.root.join(format!("proc/{pid}/fd"));
-            let entries = match fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_err(&dir, "cannot list open files of")(e)),
-            };
-            let mut here = Vec::new();
-            for entry in entries {
-                let entry = entry.map_err(io_err(&dir, "cannot list open files of"))?;
-                let Some(fd) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|s| s.parse::<u32>().ok())
-                else {
-                    continue;
-                };
-                let Ok(target) = fs::read_link(entry.path()) else {
-                    continue; // closed since the listing
-                };
+            for (fd, target) in self.fd_links(pid)?.unwrap_or_default() {
                 let target = target.to_string_lossy();
                 if let Some((_, kind)) = UNSUPPORTED_FILE_LINKS.iter().find(|(l, _)| *l == target) {
-                    here.push(UnsupportedFile {
+                    found.push(UnsupportedFile {
                         pid,
                         fd,
                         kind: (*kind).to_string(),
                     });
                 }
             }
-            here.sort_by_key(|f| f.fd);
-            found.extend(here);
         }
         Ok(found)
     }
@@ -652,13 +632,29 @@ impl Inventory {
     /// `(fd, inode)` of every socket `pid` has open, or `None` if the process
     /// no longer exists.
     fn socket_fds(&self, pid: i32) -> Result<Option<Vec<(u32, u64)>>, InventoryError> {
+        Ok(self.fd_links(pid)?.map(|links| {
+            links
+                .into_iter()
+                .filter_map(|(fd, target)| {
+                    target
+                        .to_str()
+                        .and_then(socket_inode)
+                        .map(|inode| (fd, inode))
+                })
+                .collect()
+        }))
+    }
+
+    /// `(fd, link target)` of every fd `pid` has open, in fd order, or `None`
+    /// if the process no longer exists. Fds closed meanwhile are left out.
+    pub(crate) fn fd_links(&self, pid: i32) -> Result<Option<Vec<(u32, PathBuf)>>, InventoryError> {
         let dir = self.root.join(format!("proc/{pid}/fd"));
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(&dir, "cannot list open files of")(e)),
         };
-        let mut fds = Vec::new();
+        let mut links = Vec::new();
         for entry in entries {
             let entry = entry.map_err(io_err(&dir, "cannot list open files of"))?;
             let Some(fd) = entry
@@ -668,17 +664,15 @@ impl Inventory {
             else {
                 continue;
             };
-            let target = match fs::read_link(entry.path()) {
-                Ok(target) => target,
+            match fs::read_link(entry.path()) {
+                Ok(target) => links.push((fd, target)),
                 // Closed since the listing.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_err(&entry.path(), "cannot read link")(e)),
-            };
-            if let Some(inode) = target.to_str().and_then(socket_inode) {
-                fds.push((fd, inode));
             }
         }
-        Ok(Some(fds))
+        links.sort_by_key(|(fd, _)| *fd);
+        Ok(Some(links))
     }
 
     /// Identifies `pid`'s network namespace; pids whose namespace link cannot

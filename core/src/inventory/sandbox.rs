@@ -293,28 +293,15 @@ impl Inventory {
         pid: i32,
         mount_ids: &BTreeSet<u32>,
     ) -> Result<Vec<OutsideFile>, InventoryError> {
-        let dir = self.root.join(format!("proc/{pid}/fd"));
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err(&dir, "cannot list")(e)),
-        };
         let mut found = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(io_err(&dir, "cannot list"))?;
-            let Ok(target) = fs::read_link(entry.path()) else {
-                continue; // closed meanwhile
-            };
+        for (fd, target) in self.fd_links(pid)?.unwrap_or_default() {
             let target = target.to_string_lossy().into_owned();
             // Sockets, pipes, anonymous inodes and memfds live on the
             // kernel's internal mounts, which CRIU handles by kind.
             if !target.starts_with('/') || target.starts_with("/memfd:") {
                 continue;
             }
-            let info_path = self.root.join(format!(
-                "proc/{pid}/fdinfo/{}",
-                entry.file_name().to_string_lossy()
-            ));
+            let info_path = self.root.join(format!("proc/{pid}/fdinfo/{fd}"));
             let Ok(info) = fs::read_to_string(&info_path) else {
                 continue;
             };
