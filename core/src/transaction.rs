@@ -327,6 +327,21 @@ fn plan_unit(platform: &dyn Platform, requested: &str, status: UnitStatus) -> Re
             status.main_pid
         );
     }
+    if !inventory.descendants_elsewhere.is_empty() {
+        let list: Vec<String> = inventory
+            .descendants_elsewhere
+            .iter()
+            .map(|d| format!("{} (`{}`, in {})", d.pid, d.comm, d.cgroup))
+            .collect();
+        bail!(
+            "{unit}: cannot be preserved while process {} run outside the unit (login \
+             sessions, for sshd): they descend from its main process {}, so CRIU would take \
+             them along and the restore would put them into the unit; sessions are not \
+             preserved, end them first",
+            list.join(", "),
+            status.main_pid
+        );
+    }
     if !inventory.unsupported_files.is_empty() {
         let list: Vec<String> = inventory
             .unsupported_files

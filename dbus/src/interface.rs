@@ -5,7 +5,7 @@
 //! [`Service`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use zbus::message::Header;
 use zbus::names::InterfaceName;
@@ -124,17 +124,20 @@ impl Reboot1 {
 
 /// [`Events`] on the bus: `PropertiesChanged` and `Completed` from the
 /// object path. Called on the worker thread, which is not one of zbus's,
-/// so it may block on the emission.
-#[derive(Debug)]
+/// so it may block on the emission. Events before [`BusEvents::attach`]
+/// (before the connection exists) are not emitted.
+#[derive(Debug, Default)]
 pub struct BusEvents {
-    emitter: SignalEmitter<'static>,
+    emitter: OnceLock<SignalEmitter<'static>>,
 }
 
 impl BusEvents {
-    pub fn new(connection: &Connection) -> zbus::Result<Self> {
-        Ok(BusEvents {
-            emitter: SignalEmitter::new(connection, OBJECT_PATH)?.into_owned(),
-        })
+    /// Emits from now on over `connection`.
+    pub fn attach(&self, connection: &Connection) -> zbus::Result<()> {
+        let emitter = SignalEmitter::new(connection, OBJECT_PATH)?.into_owned();
+        // Attached once; a second call changes nothing.
+        let _ = self.emitter.set(emitter);
+        Ok(())
     }
 }
 
@@ -154,8 +157,11 @@ impl Events for BusEvents {
                 (*name, v)
             })
             .collect();
+        let Some(emitter) = self.emitter.get() else {
+            return;
+        };
         let result = zbus::block_on(zbus::fdo::Properties::properties_changed(
-            &self.emitter,
+            emitter,
             InterfaceName::from_static_str_unchecked(INTERFACE),
             map,
             invalidated.into(),
@@ -166,30 +172,42 @@ impl Events for BusEvents {
     }
 
     fn completed(&self, success: bool, message: &str) {
-        let result = zbus::block_on(Reboot1::completed(&self.emitter, success, message));
+        let Some(emitter) = self.emitter.get() else {
+            return;
+        };
+        let result = zbus::block_on(Reboot1::completed(emitter, success, message));
         if let Err(e) = result {
             tracing::warn!("cannot emit Completed: {e}");
         }
     }
 }
 
-/// Serves the interface on `connection` (already connected to a bus) with
-/// `engine` and `authorizer`, then requests [`BUS_NAME`]: after this
-/// returns, callers can reach the object. Returns the service, for the
-/// daemon's shutdown and idle logic.
+/// Connects with `builder` (a bus address or the system bus), serving the
+/// interface with `engine` and `authorizer` and owning [`BUS_NAME`]: when
+/// this returns, callers can reach the object. Returns the connection and
+/// the service, for the daemon's shutdown and idle logic.
+///
+/// The object and the name go through the builder, not onto a connection
+/// already running: zbus starts the dispatcher of a running connection's
+/// object server in the background, and a call that arrives between taking
+/// the name and the dispatcher's subscription is dropped (the caller waits
+/// for its timeout). A D-Bus activation delivers the activating call right
+/// when the name is taken, so that window is hit in practice. The builder
+/// waits for the dispatcher before it asks for the name.
 pub async fn serve(
-    connection: &Connection,
+    builder: zbus::connection::Builder<'static>,
     engine: Arc<dyn Engine>,
     authorizer: Arc<dyn Authorizer>,
-) -> zbus::Result<Service> {
-    let events = Arc::new(BusEvents::new(connection)?);
-    let service = Service::new(engine, authorizer, events);
-    connection
-        .object_server()
-        .at(OBJECT_PATH, Reboot1::new(service.clone()))
+) -> zbus::Result<(Connection, Service)> {
+    let events = Arc::new(BusEvents::default());
+    let service = Service::new(engine, authorizer, events.clone());
+    let connection = builder
+        .serve_at(OBJECT_PATH, Reboot1::new(service.clone()))
+        .name(BUS_NAME)
+        .build()
         .await?;
-    connection.request_name(BUS_NAME).await?;
-    Ok(service)
+    events.attach(&connection)?;
+    Ok((connection, service))
 }
 
 #[cfg(test)]

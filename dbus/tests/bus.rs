@@ -144,12 +144,12 @@ impl Bus {
     }
 
     fn connect(&self) -> Connection {
-        zbus::block_on(
-            zbus::connection::Builder::address(self.address.as_str())
-                .method_timeout(Duration::from_secs(30))
-                .build(),
-        )
-        .expect("connect")
+        zbus::block_on(self.builder().build()).expect("connect")
+    }
+
+    fn builder(&self) -> zbus::connection::Builder<'static> {
+        zbus::connection::Builder::address(self.address.as_str())
+            .method_timeout(Duration::from_secs(30))
     }
 }
 
@@ -200,20 +200,21 @@ impl Polkit {
     fn start(bus: &Bus) -> Polkit {
         let answer = Arc::new(Mutex::new(false));
         let asked = Asked::default();
-        let connection = bus.connect();
-        zbus::block_on(async {
-            connection
-                .object_server()
-                .at(
+        // Object and name through the builder, as the daemon does (see
+        // `serve`): a call between taking the name and the object server's
+        // start would be dropped.
+        let connection = zbus::block_on(
+            bus.builder()
+                .serve_at(
                     "/org/freedesktop/PolicyKit1/Authority",
                     FakeAuthority {
                         answer: answer.clone(),
                         asked: asked.clone(),
                     },
                 )
-                .await?;
-            connection.request_name("org.freedesktop.PolicyKit1").await
-        })
+                .name("org.freedesktop.PolicyKit1")
+                .build(),
+        )
         .expect("fake polkit");
         Polkit {
             answer,
@@ -241,10 +242,9 @@ struct Daemon {
 }
 
 fn daemon(bus: &Bus) -> Daemon {
-    let connection = bus.connect();
     let engine = Arc::new(SimulatedEngine::new());
-    let authorizer = Arc::new(PolkitAuthorizer::new(connection.clone()));
-    let service = zbus::block_on(serve(&connection, engine.clone(), authorizer))
+    let authorizer = Arc::new(PolkitAuthorizer::new(bus.connect()));
+    let (connection, service) = zbus::block_on(serve(bus.builder(), engine.clone(), authorizer))
         .expect("serves and owns the name");
     Daemon {
         engine,

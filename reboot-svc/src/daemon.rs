@@ -80,11 +80,18 @@ pub fn run_daemon() -> Result<()> {
     let mut signals =
         Signals::new([SIGTERM, SIGINT]).context("cannot install the SIGTERM/SIGINT handlers")?;
     let restore_binary = std::env::current_exe().context("cannot find this program's own path")?;
-    let connection = zbus::block_on(zbus::connection::Builder::system().build())
+    // polkit and the bus are asked over a connection of their own; the
+    // served one is made by `serve`, name and object together.
+    let asking = zbus::block_on(zbus::connection::Builder::system().build())
         .context("cannot connect to the system bus")?;
     let engine = Arc::new(LinuxEngine::new(restore_binary));
-    let authorizer = Arc::new(PolkitAuthorizer::new(connection.clone()));
-    let service = zbus::block_on(serve(&connection, engine, authorizer)).with_context(|| {
+    let authorizer = Arc::new(PolkitAuthorizer::new(asking));
+    let (connection, service) = zbus::block_on(serve(
+        zbus::connection::Builder::system(),
+        engine,
+        authorizer,
+    ))
+    .with_context(|| {
         format!("cannot serve {OBJECT_PATH} as {BUS_NAME} (only root may own the name)")
     })?;
     tracing::info!(
@@ -116,8 +123,8 @@ pub fn run_daemon() -> Result<()> {
     }
     // Callers from now on make the bus start a new daemon. The connection
     // is not shut down gracefully: the served object holds clones of it
-    // (the authorizer asks polkit over it), so it lives until the process
-    // ends, which closes the socket.
+    // (its signals go out over it), so it lives until the process ends,
+    // which closes the socket.
     if let Err(e) = zbus::block_on(connection.release_name(BUS_NAME)) {
         tracing::warn!("cannot release {BUS_NAME}: {e}");
     }

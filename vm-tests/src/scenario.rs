@@ -761,6 +761,24 @@ fn failed_checkpoint_steps(session: &mut Session<'_>) -> Result<()> {
         refusal.unwrap_or_else(|e| format!("{e:#}")),
     );
 
+    // Debian's ssh.service while a login session runs (this very check's):
+    // the session's processes descend from sshd but live in a session
+    // scope; the check says sessions are not preserved.
+    let refusal = check_refuses(
+        &guest,
+        &kernel_b.vmlinuz,
+        "ssh.service",
+        &[
+            "ssh.service: cannot be preserved while process",
+            "session-",
+            "sessions are not preserved",
+        ],
+    );
+    session.report.check(
+        "ssh.service with a live login session is refused by the check: sessions are not preserved",
+        refusal.is_ok(),
+        refusal.unwrap_or_else(|e| format!("{e:#}")),
+    );
     // A unit holding an io_uring instance, which CRIU cannot checkpoint, is
     // refused by the check too, rather than by its dump.
     guest.sh("systemd-run --unit=lab-io-uring.service \

@@ -120,6 +120,12 @@ pub struct UnitInventory {
     /// the first such process.
     #[serde(default)]
     pub foreign_namespaces: Vec<ForeignNamespace>,
+    /// Descendants of the main process that run in another cgroup (an
+    /// sshd's login sessions, in their session scopes): CRIU would take
+    /// them along and the restore would put them into the unit, so the plan
+    /// refuses the unit while they exist.
+    #[serde(default)]
+    pub descendants_elsewhere: Vec<DescendantElsewhere>,
     /// Open files of kinds CRIU cannot checkpoint (an io_uring instance):
     /// the plan refuses the unit rather than let its dump fail.
     #[serde(default)]
@@ -153,6 +159,17 @@ pub struct ForeignNamespace {
     pub kind: String,
     /// The first process of the unit (in pid order) that has it.
     pub pid: i32,
+}
+
+/// A descendant of a unit's main process in a cgroup outside the unit's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DescendantElsewhere {
+    /// Its pid.
+    pub pid: i32,
+    /// Its command name.
+    pub comm: String,
+    /// Its cgroup (e.g. `/user.slice/user-0.slice/session-4.scope`).
+    pub cgroup: String,
 }
 
 /// An open file CRIU cannot checkpoint.
@@ -321,6 +338,7 @@ impl Inventory {
         let outside_main_tree = self.outside_main_tree(main_pid, &pids)?;
         let foreign_namespaces = self.foreign_namespaces(&pids)?;
         let unsupported_files = self.unsupported_files(&pids)?;
+        let descendants_elsewhere = self.descendants_elsewhere(main_pid, &pids)?;
         let mount_sandbox = if foreign_namespaces.iter().any(|ns| ns.kind == "mnt") {
             ordered.retain(|pid| pids.contains(pid));
             Some(self.mount_sandbox(unit, &ordered)?)
@@ -336,6 +354,7 @@ impl Inventory {
             main_pid,
             outside_main_tree,
             foreign_namespaces,
+            descendants_elsewhere,
             unsupported_files,
             mount_sandbox,
             resident_bytes,
@@ -429,6 +448,65 @@ impl Inventory {
                 }
             }
         }
+        Ok(found)
+    }
+
+    /// The descendants of `main_pid` (followed through every process's
+    /// `/proc/<pid>/stat`) that are not among `pids`, the unit's cgroup
+    /// members, with their cgroups. Processes that exit meanwhile are left
+    /// out.
+    pub fn descendants_elsewhere(
+        &self,
+        main_pid: i32,
+        pids: &[i32],
+    ) -> Result<Vec<DescendantElsewhere>, InventoryError> {
+        let proc = self.root.join("proc");
+        let entries = fs::read_dir(&proc).map_err(io_err(&proc, "cannot list"))?;
+        // parent -> [(child, comm)]
+        let mut children: BTreeMap<i32, Vec<(i32, String)>> = BTreeMap::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err(&proc, "cannot list"))?;
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(text) = fs::read_to_string(entry.path().join("stat")) else {
+                continue; // exited meanwhile
+            };
+            if let Some((comm, ppid)) = parse_stat(&text) {
+                children.entry(ppid).or_default().push((pid, comm));
+            }
+        }
+        let members: BTreeSet<i32> = pids.iter().copied().collect();
+        let mut found = Vec::new();
+        let mut queue = vec![main_pid];
+        let mut seen = BTreeSet::new();
+        while let Some(parent) = queue.pop() {
+            for (pid, comm) in children.get(&parent).into_iter().flatten() {
+                if !seen.insert(*pid) {
+                    continue;
+                }
+                queue.push(*pid);
+                if !members.contains(pid) {
+                    let cgroup = fs::read_to_string(proc.join(format!("{pid}/cgroup")))
+                        .ok()
+                        .and_then(|t| {
+                            t.lines()
+                                .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+                        })
+                        .unwrap_or_else(|| "another cgroup".to_owned());
+                    found.push(DescendantElsewhere {
+                        pid: *pid,
+                        comm: comm.clone(),
+                        cgroup,
+                    });
+                }
+            }
+        }
+        found.sort_by_key(|d| d.pid);
         Ok(found)
     }
 

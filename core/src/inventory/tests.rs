@@ -687,3 +687,52 @@ fn finds_the_io_uring_instances_criu_cannot_checkpoint() {
     assert_eq!(fds, vec![(101, 3), (101, 9)]);
     assert_eq!(found[0].kind, "an io_uring instance");
 }
+
+#[test]
+fn finds_the_main_processs_descendants_in_other_cgroups() {
+    let root = tempfile::tempdir().unwrap();
+    // 100 main, 101 its worker (in the unit), 102 a session (elsewhere)
+    // with a shell 103 below it, 200 unrelated.
+    for (pid, comm, ppid, cgroup) in [
+        (1, "systemd", 0, "/init.scope"),
+        (100, "sshd", 1, "/system.slice/ssh.service"),
+        (101, "worker", 100, "/system.slice/ssh.service"),
+        (
+            102,
+            "sshd-session",
+            100,
+            "/user.slice/user-0.slice/session-4.scope",
+        ),
+        (103, "bash", 102, "/user.slice/user-0.slice/session-4.scope"),
+        (200, "other", 1, "/system.slice/other.service"),
+    ] {
+        let dir = root.path().join(format!("proc/{pid}"));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("stat"), format!("{pid} ({comm}) S {ppid} 0 0\n")).unwrap();
+        fs::write(dir.join("cgroup"), format!("0::{cgroup}\n")).unwrap();
+    }
+    let found = Inventory::new(root.path())
+        .descendants_elsewhere(100, &[100, 101])
+        .unwrap();
+    let got: Vec<(i32, &str, &str)> = found
+        .iter()
+        .map(|d| (d.pid, d.comm.as_str(), d.cgroup.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                102,
+                "sshd-session",
+                "/user.slice/user-0.slice/session-4.scope"
+            ),
+            (103, "bash", "/user.slice/user-0.slice/session-4.scope"),
+        ]
+    );
+    assert_eq!(
+        Inventory::new(root.path())
+            .descendants_elsewhere(100, &[100, 101, 102, 103])
+            .unwrap(),
+        vec![]
+    );
+}

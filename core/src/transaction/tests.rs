@@ -36,6 +36,8 @@ struct FakePlatform {
     dump_tables: RefCell<Vec<(String, String)>>,
     /// Files the inventory finds that CRIU cannot checkpoint.
     unsupported: Vec<crate::inventory::UnsupportedFile>,
+    /// Descendants of the main process the inventory finds in other cgroups.
+    elsewhere: Vec<crate::inventory::DescendantElsewhere>,
     /// The mount sandbox the inventory finds.
     sandbox: Option<crate::inventory::sandbox::MountSandbox>,
     /// Units whose dump was told about a mount sandbox.
@@ -117,6 +119,7 @@ impl Platform for FakePlatform {
             outside_main_tree: self.outside.clone(),
             foreign_namespaces: self.namespaces.clone(),
             unsupported_files: self.unsupported.clone(),
+            descendants_elsewhere: self.elsewhere.clone(),
             mount_sandbox: self.sandbox.clone(),
             ..inventory(&status.unit)
         })
@@ -247,6 +250,7 @@ fn inventory(unit: &str) -> UnitInventory {
         main_pid: 100,
         outside_main_tree: vec![],
         foreign_namespaces: vec![],
+        descendants_elsewhere: vec![],
         unsupported_files: vec![],
         mount_sandbox: None,
         resident_bytes: 300 << 20,
@@ -690,6 +694,28 @@ fn a_unit_with_its_own_user_or_network_namespace_is_refused_with_the_options_tha
     assert!(text.contains("`restart` policy"), "{text}");
     // The mount namespace is not what stops it.
     assert!(!text.contains("mount namespace"), "{text}");
+}
+
+#[test]
+fn a_unit_whose_main_process_has_descendants_in_session_scopes_is_refused_by_the_plan() {
+    let platform = FakePlatform {
+        elsewhere: vec![crate::inventory::DescendantElsewhere {
+            pid: 812,
+            comm: "sshd-session".into(),
+            cgroup: "/user.slice/user-0.slice/session-4.scope".into(),
+        }],
+        ..Default::default()
+    };
+    let err = plan_one(&platform, "ssh.service").expect_err("refused");
+    let text = format!("{err:#}");
+    assert!(
+        text.starts_with(
+            "ssh.service: cannot be preserved while process 812 (`sshd-session`, in \
+             /user.slice/user-0.slice/session-4.scope) run outside the unit"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("sessions are not preserved"), "{text}");
 }
 
 #[test]
