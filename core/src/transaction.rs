@@ -315,30 +315,32 @@ fn plan_unit(platform: &dyn Platform, requested: &str, status: UnitStatus) -> Re
         .inventory(&status)
         .with_context(|| format!("{unit}: cannot list its processes and sockets"))?;
     if !inventory.outside_main_tree.is_empty() {
-        let list: Vec<String> = inventory
-            .outside_main_tree
-            .iter()
-            .map(|p| format!("{} (`{}`, parent {})", p.pid, p.comm, p.ppid))
-            .collect();
+        let (list, one) = processes(
+            inventory
+                .outside_main_tree
+                .iter()
+                .map(|p| format!("{} (`{}`, parent {})", p.pid, p.comm, p.ppid)),
+        );
         bail!(
-            "{unit}: process {} not under its main process {}; CRIU saves only the main \
-             process and its descendants, so it would be lost",
-            list.join(", "),
-            status.main_pid
+            "{unit}: {list} not under its main process {}; CRIU saves only the main \
+             process and its descendants, so {} would be lost",
+            status.main_pid,
+            if one { "it" } else { "they" }
         );
     }
     if !inventory.descendants_elsewhere.is_empty() {
-        let list: Vec<String> = inventory
-            .descendants_elsewhere
-            .iter()
-            .map(|d| format!("{} (`{}`, in {})", d.pid, d.comm, d.cgroup))
-            .collect();
+        let (list, one) = processes(
+            inventory
+                .descendants_elsewhere
+                .iter()
+                .map(|d| format!("{} (`{}`, in {})", d.pid, d.comm, d.cgroup)),
+        );
         bail!(
-            "{unit}: cannot be preserved while process {} run outside the unit (login \
-             sessions, for sshd): they descend from its main process {}, so CRIU would take \
-             them along and the restore would put them into the unit; sessions are not \
-             preserved, end them first",
-            list.join(", "),
+            "{unit}: cannot be preserved while {list} {} outside the unit (login sessions, \
+             for sshd): descendants of its main process {}, CRIU would take them along and \
+             the restore would put them into the unit; sessions are not preserved, end them \
+             first",
+            if one { "runs" } else { "run" },
             status.main_pid
         );
     }
@@ -378,6 +380,15 @@ fn plan_unit(platform: &dyn Platform, requested: &str, status: UnitStatus) -> Re
         status,
         inventory,
     })
+}
+
+/// `process A` or `processes A, B`, and whether it is one.
+fn processes(items: impl Iterator<Item = String>) -> (String, bool) {
+    let items: Vec<String> = items.collect();
+    match items.as_slice() {
+        [one] => (format!("process {one}"), true),
+        _ => (format!("processes {}", items.join(", ")), false),
+    }
 }
 
 /// Why the update must never freeze `unit` (a canonical name), if so: the

@@ -711,11 +711,29 @@ fn a_unit_whose_main_process_has_descendants_in_session_scopes_is_refused_by_the
     assert!(
         text.starts_with(
             "ssh.service: cannot be preserved while process 812 (`sshd-session`, in \
-             /user.slice/user-0.slice/session-4.scope) run outside the unit"
+             /user.slice/user-0.slice/session-4.scope) runs outside the unit"
         ),
         "{text}"
     );
     assert!(text.contains("sessions are not preserved"), "{text}");
+
+    let session = |pid: i32, comm: &str| crate::inventory::DescendantElsewhere {
+        pid,
+        comm: comm.into(),
+        cgroup: "/user.slice/user-0.slice/session-4.scope".into(),
+    };
+    let platform = FakePlatform {
+        elsewhere: vec![session(812, "sshd-session"), session(815, "bash")],
+        ..Default::default()
+    };
+    let text = format!(
+        "{:#}",
+        plan_one(&platform, "ssh.service").expect_err("refused")
+    );
+    assert!(
+        text.contains("while processes 812 (`sshd-session`, in ") && text.contains("run outside"),
+        "{text}"
+    );
 }
 
 #[test]
