@@ -475,11 +475,7 @@ fn restore_with_criu(
         for private in &sandbox.private_dirs {
             let target = this_boot_private_dir(Path::new(&private.mountpoint), &snapshot.unit)?;
             unpack_private_dir(&images.join(private.archive_name()), &target)?;
-            mount_externals.push(format!(
-                "mnt[{}]:{}",
-                private.external_name(),
-                target.display()
-            ));
+            mount_externals.push(private.restore_external(&target));
         }
         for file in &sandbox.outside_files {
             let opened = fs::OpenOptions::new()

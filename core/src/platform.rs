@@ -316,12 +316,9 @@ impl Platform for LinuxPlatform {
         if let Some(sandbox) = &inventory.mount_sandbox {
             options.external_mounts = true;
             options.skip_mounts = sandbox.skipped_mounts.clone();
-            options.external.extend(
-                sandbox
-                    .private_dirs
-                    .iter()
-                    .map(|d| format!("mnt[{}]:{}", d.mountpoint, d.external_name())),
-            );
+            options
+                .external
+                .extend(sandbox.private_dirs.iter().map(PrivateDir::dump_external));
             options
                 .external
                 .extend(sandbox.outside_files.iter().map(|f| f.key()));

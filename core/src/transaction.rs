@@ -659,13 +659,8 @@ fn forward(
                 unit.status.main_pid
             );
         }
-        let lock_tables: Vec<String> = platform
-            .nft_tables()?
-            .into_iter()
-            .filter(|t| t.starts_with("CRIU-") && !tables_before.contains(t))
-            .collect();
         let mut rules = String::new();
-        for table in &lock_tables {
+        for table in &lock_tables_since(platform, &tables_before)? {
             rules.push_str(&platform.nft_list_table(table)?);
         }
         write_file(&snapshot_dir.join(HOLD_RULES_FILE), rules.as_bytes())?;
@@ -744,16 +739,24 @@ fn rollback(platform: &dyn Platform, plan: &Plan, undo: Vec<Undo>) -> Vec<anyhow
     errors
 }
 
+/// CRIU's network-lock tables (`inet CRIU-*`) that exist now and were not
+/// among `before`: the ones a dump since made.
+fn lock_tables_since(platform: &dyn Platform, before: &[String]) -> Result<Vec<String>> {
+    Ok(platform
+        .nft_tables()?
+        .into_iter()
+        .filter(|t| t.starts_with("CRIU-") && !before.contains(t))
+        .collect())
+}
+
 /// After a checkpoint that did not happen (or was undone): removes the lock
 /// tables CRIU made since `lock_tables_before` and did not remove (a CRIU
 /// killed halfway leaves its table, which would keep blocking the unit's
 /// connections), and starts `unit` with its own command if it is no longer
 /// active (a dump killed halfway may take the service with it), saying so.
 fn keep_running(platform: &dyn Platform, unit: &str, lock_tables_before: &[String]) -> Result<()> {
-    for table in platform.nft_tables()? {
-        if table.starts_with("CRIU-") && !lock_tables_before.contains(&table) {
-            platform.nft_delete_table(&table)?;
-        }
+    for table in lock_tables_since(platform, lock_tables_before)? {
+        platform.nft_delete_table(&table)?;
     }
     let status = platform.unit_status(unit)?;
     if status.active_state == "active" {

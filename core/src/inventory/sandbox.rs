@@ -80,6 +80,18 @@ impl PrivateDir {
         )
     }
 
+    /// CRIU's `external` entry at the dump: this mount, by where the unit
+    /// sees it, is external under [`PrivateDir::external_name`].
+    pub fn dump_external(&self) -> String {
+        format!("mnt[{}]:{}", self.mountpoint, self.external_name())
+    }
+
+    /// CRIU's `external` entry at the restore: bind `target` where the dump
+    /// named [`PrivateDir::external_name`].
+    pub fn restore_external(&self, target: &Path) -> String {
+        format!("mnt[{}]:{}", self.external_name(), target.display())
+    }
+
     /// The file its contents are saved in, next to CRIU's images.
     pub fn archive_name(&self) -> String {
         format!("{}.tar", self.external_name())
@@ -422,6 +434,11 @@ mod tests {
         );
         assert_eq!(dirs[0].external_name(), "private-tmp");
         assert_eq!(dirs[1].external_name(), "private-var-tmp");
+        assert_eq!(dirs[1].dump_external(), "mnt[/var/tmp]:private-var-tmp");
+        assert_eq!(
+            dirs[1].restore_external(Path::new("/var/tmp/x/tmp")),
+            "mnt[private-var-tmp]:/var/tmp/x/tmp"
+        );
     }
 
     #[test]
