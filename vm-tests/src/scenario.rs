@@ -524,34 +524,24 @@ fn unit_main_pid(guest: &Guest, unit: &str) -> Result<(String, i32)> {
     Ok(parse_active_and_pid(&out))
 }
 
-/// What makes a process's sandbox without namespaces, from
-/// `/proc/PID/status`: its user and group ids, no-new-privileges, seccomp
-/// mode and filter count, and capability sets, one `Key: value` a line.
+/// What makes a process's sandbox, in one round trip: from
+/// `/proc/PID/status` its user and group ids, no-new-privileges, seccomp
+/// mode and filter count, and capability sets, one `Key: value` a line; then
+/// a `Namespaces:` line with the kinds of namespace it has that PID 1 has
+/// not, and its hostname.
 fn process_identity(guest: &Guest, pid: i32) -> Result<String> {
-    let status = process_status(guest, pid)?;
-    Ok(format!("{status}{}", own_namespaces(guest, pid)?))
-}
-
-/// The kinds of namespace `pid` has that PID 1 has not, and its hostname,
-/// as one `Namespaces: ...` line.
-fn own_namespaces(guest: &Guest, pid: i32) -> Result<String> {
-    let kinds = guest.query(&format!(
-        "for k in cgroup ipc mnt net pid user uts; do \
+    let out = guest.query(&format!(
+        "grep -E '^(Uid|Gid|Groups|NoNewPrivs|Seccomp|Seccomp_filters|CapInh|CapPrm|CapEff|CapBnd|CapAmb):' /proc/{pid}/status && \
+         printf 'Namespaces:\t' && \
+         for k in cgroup ipc mnt net pid user uts; do \
            [ \"$(readlink /proc/{pid}/ns/$k)\" = \"$(readlink /proc/1/ns/$k)\" ] || printf '%s ' $k; \
-         done; nsenter -t {pid} -u hostname"
+         done && nsenter -t {pid} -u hostname"
     ))?;
-    Ok(format!("Namespaces:\t{}\n", kinds.trim()))
+    Ok(out)
 }
 
-fn process_status(guest: &Guest, pid: i32) -> Result<String> {
-    guest.query(&format!(
-        "grep -E '^(Uid|Gid|Groups|NoNewPrivs|Seccomp|Seccomp_filters|CapInh|CapPrm|CapEff|CapBnd|CapAmb):' /proc/{pid}/status"
-    ))
-}
-
-/// The frozen time `seamless-reboot` reports for the checkpoint
-/// (`checkpointed UNIT: frozen N ms, ...`).
-/// `unit`'s frozen time from `seamless-reboot status --json`.
+/// How long the checkpoint kept `unit` frozen, in milliseconds, from
+/// `seamless-reboot status --json`.
 fn frozen_ms(status_json: &str, unit: &str) -> Option<u64> {
     let status: serde_json::Value = serde_json::from_str(status_json.trim()).ok()?;
     status["units"]
@@ -1030,13 +1020,11 @@ impl MemcachedSession {
                 && longest_wait_ms > 5_000,
             format!("{finished:?}; {report}"),
         ));
-        let restart = guest
-            .sh("systemctl restart memcached.service && systemctl is-active memcached.service");
-        let (_, after_restart) = unit_main_pid(&guest, "memcached.service")?;
-        let stop_start = guest.sh(
-            "systemctl stop memcached.service && ! systemctl is-active memcached.service && \
-             systemctl start memcached.service && systemctl is-active memcached.service",
-        );
+        let OwnCommands {
+            restart,
+            after_restart,
+            stop_start,
+        } = own_commands(&guest, "memcached.service")?;
         checks.push((
             "memcached: systemctl restart, stop and start work afterwards".to_string(),
             restart.is_ok()
@@ -1188,23 +1176,49 @@ fn nginx_after_update(
         reload.is_ok() && after_reload == download.master_pid,
         format!("{reload:?}; MainPID {after_reload}"),
     ));
-    let restart = guest.sh("systemctl restart nginx.service && systemctl is-active nginx.service");
-    let (_, after_restart) = unit_main_pid(&guest, "nginx.service")?;
+    let OwnCommands {
+        restart,
+        after_restart,
+        stop_start,
+    } = own_commands(&guest, "nginx.service")?;
     checks.push((
         "nginx: systemctl restart works afterwards (new master)".to_string(),
         restart.is_ok() && after_restart != download.master_pid && after_restart > 0,
         format!("{restart:?}; MainPID {after_restart}"),
     ));
-    let stop_start = guest.sh(
-        "systemctl stop nginx.service && ! systemctl is-active nginx.service && \
-         systemctl start nginx.service && systemctl is-active nginx.service",
-    );
     checks.push((
         "nginx: systemctl stop and start work afterwards".to_string(),
         stop_start.is_ok(),
         format!("{stop_start:?}"),
     ));
     Ok(checks)
+}
+
+/// What a unit's own commands did after the update.
+struct OwnCommands {
+    /// `systemctl restart` (then `is-active`).
+    restart: Result<String>,
+    /// The main pid after the restart.
+    after_restart: i32,
+    /// `systemctl stop`, not active, `systemctl start`, active.
+    stop_start: Result<String>,
+}
+
+/// Runs `unit`'s own restart, then stop and start, as an operator would.
+fn own_commands(guest: &Guest, unit: &str) -> Result<OwnCommands> {
+    let restart = guest.sh(&format!(
+        "systemctl restart {unit} && systemctl is-active {unit}"
+    ));
+    let (_, after_restart) = unit_main_pid(guest, unit)?;
+    let stop_start = guest.sh(&format!(
+        "systemctl stop {unit} && ! systemctl is-active {unit} && \
+         systemctl start {unit} && systemctl is-active {unit}"
+    ));
+    Ok(OwnCommands {
+        restart,
+        after_restart,
+        stop_start,
+    })
 }
 
 /// Runs `seamless-reboot --check` for `unit` until it fails saying every one
