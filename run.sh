@@ -20,6 +20,11 @@ declare -A needed=(
   [tar]=tar
   [dbus-daemon]=dbus-daemon
   [dbus-send]=dbus-bin
+  [curl]=curl
+  # The stock services' own clients in the compatibility matrix.
+  [psql]=postgresql-client
+  [mosquitto_pub]=mosquitto-clients
+  [mosquitto_sub]=mosquitto-clients
 )
 
 as_root() {

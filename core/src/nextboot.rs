@@ -49,6 +49,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, bail};
 
 use crate::criu::{CgroupMode, Criu, InheritFd, Notification, RestoreOptions, scripts};
+use crate::inventory::shared_memory::{SHM_ARCHIVE, SHM_DIR};
 use crate::kexec::marker_from_cmdline;
 use crate::manifest::{
     Manifest, OutcomeKind, UnitOutcome, UnitSnapshot, read_claim, read_outcomes, verify_digests,
@@ -471,6 +472,9 @@ fn restore_with_criu(
     // must outlive `options`, which lends them to CRIU.
     let mut outside_files = Vec::new();
     let mut mount_externals = Vec::new();
+    if !snapshot.shm_files.is_empty() {
+        unpack_shm_files(&images.join(SHM_ARCHIVE))?;
+    }
     if let Some(sandbox) = &snapshot.mount_sandbox {
         for private in &sandbox.private_dirs {
             let target = this_boot_private_dir(Path::new(&private.mountpoint), &snapshot.unit)?;
@@ -601,27 +605,20 @@ fn private_dir_of(parent: &Path, boot_id: &str, unit: &str) -> Result<PathBuf> {
 
 /// Puts the saved contents of a private directory into `target`.
 fn unpack_private_dir(archive: &Path, target: &Path) -> Result<()> {
-    crate::platform::command(
-        "tar",
-        &[
-            "--extract",
-            "--file",
-            &archive.to_string_lossy(),
-            "--numeric-owner",
-            "--preserve-permissions",
-            "--xattrs",
-            "--directory",
-            &target.to_string_lossy(),
-        ],
-    )
-    .map(drop)
-    .with_context(|| {
+    crate::platform::extract_archive(archive, target, &[]).with_context(|| {
         format!(
             "cannot fill {} from {}",
             target.display(),
             archive.display()
         )
     })
+}
+
+/// Puts the unit's saved POSIX shared memory files back into `/dev/shm`,
+/// refusing to overwrite a file this boot made under the same name.
+fn unpack_shm_files(archive: &Path) -> Result<()> {
+    crate::platform::extract_archive(archive, Path::new(SHM_DIR), &["--keep-old-files"])
+        .with_context(|| format!("cannot put the unit's files back into {SHM_DIR}"))
 }
 
 /// Turns `net.ipv4.tcp_window_scaling` off until dropped, under a lock so
@@ -786,6 +783,7 @@ mod tests {
                     journal_socket_inodes: vec![],
                     pid_file: None,
                     mount_sandbox: None,
+                    shm_files: vec![],
                     frozen_ms: 1,
                     images: crate::manifest::compute_digests(&images).expect("digests"),
                 }

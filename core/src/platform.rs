@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::criu::{Criu, DumpOptions, Notification, scripts};
 use crate::inventory::sandbox::PrivateDir;
+use crate::inventory::shared_memory::{SHM_ARCHIVE, SHM_DIR};
 use crate::inventory::{Inventory, UnitInventory};
 use crate::kexec::{InitrdImage, KernelImage, KernelLoader};
 use crate::manifest::{read_boot_id, read_kernel_release};
@@ -135,29 +136,72 @@ pub(crate) fn command(program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// Saves the contents of a unit's private directory into
-/// `<images_dir>/<external name>.tar`, owners, modes and extended
-/// attributes included.
+/// Saves the contents of a unit's private directory as its archive in
+/// `images_dir`.
 fn save_private_dir(private: &PrivateDir, images_dir: &Path) -> Result<()> {
-    let archive = images_dir.join(private.archive_name());
-    let host = private.host_path.to_string_lossy();
-    command(
-        "tar",
-        &[
-            "--create",
-            "--file",
-            &archive.to_string_lossy(),
-            "--numeric-owner",
-            "--xattrs",
-            "--sparse",
-            "--one-file-system",
-            "--directory",
-            &host,
-            ".",
-        ],
+    create_archive(
+        &images_dir.join(private.archive_name()),
+        &private.host_path,
+        &["."],
+        &["--one-file-system"],
     )
-    .map(drop)
     .with_context(|| format!("cannot save the unit's private {}", private.mountpoint))
+}
+
+/// Saves the named files of `/dev/shm` as [`SHM_ARCHIVE`] in `images_dir`
+/// (nothing when there are none).
+fn save_shm_files(names: &[String], images_dir: &Path) -> Result<()> {
+    if names.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    create_archive(
+        &images_dir.join(SHM_ARCHIVE),
+        Path::new(SHM_DIR),
+        &names,
+        &[],
+    )
+    .with_context(|| format!("cannot save the unit's files in {SHM_DIR}"))
+}
+
+/// Writes `archive` (tar) from `members` of `dir`, keeping numeric owners,
+/// modes, extended attributes and holes, with tar's `extra` options.
+fn create_archive(archive: &Path, dir: &Path, members: &[&str], extra: &[&str]) -> Result<()> {
+    let archive = archive.to_string_lossy();
+    let dir = dir.to_string_lossy();
+    let mut args = vec![
+        "--create",
+        "--file",
+        &archive,
+        "--numeric-owner",
+        "--xattrs",
+        "--sparse",
+        "--directory",
+        &dir,
+    ];
+    args.extend(extra);
+    args.push("--");
+    args.extend(members);
+    command("tar", &args).map(drop)
+}
+
+/// Unpacks `archive` (tar) into `dir` with its owners, modes and extended
+/// attributes, with tar's `extra` options.
+pub(crate) fn extract_archive(archive: &Path, dir: &Path, extra: &[&str]) -> Result<()> {
+    let archive = archive.to_string_lossy();
+    let dir = dir.to_string_lossy();
+    let mut args = vec![
+        "--extract",
+        "--file",
+        &archive,
+        "--numeric-owner",
+        "--preserve-permissions",
+        "--xattrs",
+        "--directory",
+        &dir,
+    ];
+    args.extend(extra);
+    command("tar", &args).map(drop)
 }
 
 /// Fails if a process of `unit`'s cgroup is not in the process tree CRIU
@@ -344,6 +388,8 @@ impl Platform for LinuxPlatform {
                         save_private_dir(private, images_dir)?;
                     }
                 }
+                // /dev/shm does not outlive the boot either.
+                save_shm_files(&inventory.shared_memory.shm_files, images_dir)?;
             }
             Ok(())
         };
@@ -385,6 +431,40 @@ impl Platform for LinuxPlatform {
 mod tests {
     use super::*;
     use crate::criu::images::{PSTREE_IMAGE, SavedProcess, encode_process_tree};
+
+    #[test]
+    fn shm_files_go_into_an_archive_and_come_back_with_their_modes() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let shm = tmp.path().join("shm");
+        fs::create_dir_all(&shm).expect("dir");
+        fs::write(shm.join("PostgreSQL.1"), b"segment").expect("file");
+        fs::set_permissions(shm.join("PostgreSQL.1"), fs::Permissions::from_mode(0o600))
+            .expect("mode");
+        fs::write(shm.join("other"), b"not the unit's").expect("file");
+        let archive = tmp.path().join(SHM_ARCHIVE);
+        create_archive(&archive, &shm, &["PostgreSQL.1"], &[]).expect("archive");
+        let next = tmp.path().join("next");
+        fs::create_dir_all(&next).expect("dir");
+        extract_archive(&archive, &next, &["--keep-old-files"]).expect("extracted");
+        assert_eq!(
+            fs::read(next.join("PostgreSQL.1")).expect("back"),
+            b"segment"
+        );
+        let mode = fs::metadata(next.join("PostgreSQL.1"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(!next.join("other").exists());
+        // A file of the same name in the next boot is not overwritten.
+        fs::write(next.join("PostgreSQL.1"), b"this boot's").expect("file");
+        assert!(extract_archive(&archive, &next, &["--keep-old-files"]).is_err());
+        assert_eq!(
+            fs::read(next.join("PostgreSQL.1")).expect("kept"),
+            b"this boot's"
+        );
+    }
 
     #[test]
     fn free_space_is_read_from_the_nearest_existing_directory() {

@@ -30,6 +30,14 @@ use std::collections::BTreeMap;
 /// The runtime drop-in that stops systemd from restarting a unit whose
 /// process CRIU has just checkpointed (and so killed).
 pub const HOLD_DROPIN: &str = "50-seamless-reboot-checkpoint.conf";
+
+/// The guard [`HOLD_DROPIN`] puts on a unit about to be checkpointed. The
+/// dump ends its processes, and systemd then stops the unit as it stops one
+/// whose processes died: nothing may restart it, and its own stop commands
+/// must not run against the state the restore needs (Debian's
+/// `pg_ctlcluster stop` removes the data directory's `postmaster.pid`, and
+/// the restored PostgreSQL shuts itself down when it finds it gone).
+pub const GUARD_DROPIN: &str = "[Service]\nRestart=no\nExecStop=\nExecStopPost=\n";
 /// The runtime drop-in that makes a unit restore itself from its snapshot.
 pub const RESTORE_DROPIN: &str = "50-seamless-reboot-restore.conf";
 /// File in a unit's snapshot directory: its `UnitSnapshot` as JSON, readable
@@ -355,6 +363,36 @@ fn plan_unit(platform: &dyn Platform, requested: &str, status: UnitStatus) -> Re
             list.join(", ")
         );
     }
+    let shared = &inventory.shared_memory;
+    if !shared.host_sysv.is_empty() {
+        let mut pids: Vec<i32> = shared.host_sysv.iter().map(|a| a.pid).collect();
+        let mut segments: Vec<u64> = shared.host_sysv.iter().map(|a| a.shmid).collect();
+        pids.dedup();
+        segments.sort_unstable();
+        segments.dedup();
+        let (list, one) = processes(pids.iter().map(i32::to_string));
+        let segments: Vec<String> = segments.iter().map(u64::to_string).collect();
+        bail!(
+            "{unit}: cannot be preserved as it runs: {list} {} System V shared memory \
+             (segment {}) of the host's IPC namespace, which CRIU saves only with an IPC \
+             namespace of the unit's own; give the unit one (a drop-in with `PrivateIPC=yes`, \
+             then restart it once) or the `restart` policy",
+            if one { "has" } else { "have" },
+            segments.join(", ")
+        );
+    }
+    if !shared.private_shm_files.is_empty() {
+        let list: Vec<String> = shared
+            .private_shm_files
+            .iter()
+            .map(|(pid, name)| format!("{pid} (/dev/shm/{name})"))
+            .collect();
+        bail!(
+            "{unit}: cannot be preserved: processes {} use POSIX shared memory in a private \
+             /dev/shm, whose contents the update does not carry",
+            list.join(", ")
+        );
+    }
     let foreign: Vec<String> = inventory
         .foreign_namespaces
         .iter()
@@ -371,7 +409,7 @@ fn plan_unit(platform: &dyn Platform, requested: &str, status: UnitStatus) -> Re
     if !foreign.is_empty() {
         bail!(
             "{unit}: cannot be preserved: it runs in {}; CRIU can checkpoint a unit's own \
-             mount, hostname and IPC namespaces, not these",
+             mount, hostname, IPC and time namespaces, not these",
             foreign.join(", ")
         );
     }
@@ -413,8 +451,11 @@ pub fn never_preserved(unit: &str) -> Option<&'static str> {
 
 /// The kinds of namespace (`/proc/<pid>/ns/<kind>`) a unit may have of its
 /// own and still be preserved: CRIU saves them and builds them again (the
-/// mount namespace on `/`, with the host's mounts bound again).
-pub const PRESERVED_NAMESPACES: [&str; 3] = ["mnt", "uts", "ipc"];
+/// mount namespace on `/`, with the host's mounts bound again). A time
+/// namespace is what CRIU's restore itself gives the processes, so that
+/// their monotonic clocks go on from where they were: a unit preserved once
+/// has one, and must be preservable again.
+pub const PRESERVED_NAMESPACES: [&str; 4] = ["mnt", "uts", "ipc", "time"];
 
 /// What a planned unit's sandbox holds that the restore builds again, in an
 /// operator's words, e.g. `its own mount namespace (private /tmp and
@@ -462,7 +503,7 @@ fn namespace_name(kind: &str) -> &str {
         "pid" => "PID",
         "user" => "user",
         "cgroup" => "cgroup",
-        "time" => "time",
+        "time" => "time (clock offsets, from an earlier restore)",
         other => other,
     }
 }
@@ -584,7 +625,7 @@ fn forward(
     //    flushes the ruleset when it stops).
     progress.step("guarding units");
     for unit in &plan.units {
-        platform.write_runtime_dropin(&unit.status.unit, HOLD_DROPIN, "[Service]\nRestart=no\n")?;
+        platform.write_runtime_dropin(&unit.status.unit, HOLD_DROPIN, GUARD_DROPIN)?;
         undo.push(Undo::RemoveDropin {
             unit: unit.status.unit.clone(),
             name: HOLD_DROPIN.into(),
@@ -643,6 +684,7 @@ fn forward(
             journal_socket_inodes: unit.inventory.stdio_socket_inodes.clone(),
             pid_file: Some(unit.status.pid_file.clone()).filter(|p| !p.is_empty()),
             mount_sandbox: unit.inventory.mount_sandbox.clone(),
+            shm_files: unit.inventory.shared_memory.shm_files.clone(),
             frozen_ms: stats.frozen.as_millis() as u64,
             images: compute_digests(&images)?,
         };

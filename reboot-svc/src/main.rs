@@ -191,8 +191,15 @@ fn update(args: &[String]) -> Result<ExitCode> {
             format!("; in {}, built again at the restore", unit.sandbox)
         };
         println!(
-            "unit     {}: pid {}, {} processes, {} established TCP connections{sandbox}",
-            unit.unit, unit.main_pid, unit.processes, unit.connections
+            "unit     {}: pid {}, {}, {}{sandbox}",
+            unit.unit,
+            unit.main_pid,
+            counted(unit.processes, "process", "processes"),
+            counted(
+                unit.connections,
+                "established TCP connection",
+                "established TCP connections"
+            ),
         );
     }
     for left in &plan.left_out {
@@ -331,6 +338,11 @@ fn generator(args: &[String]) -> Result<ExitCode> {
     let binary = PathBuf::from("/usr/bin/seamless-reboot");
     nextboot::write_generated(Path::new(out), &decision, &binary)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `1 process`, `2 processes`.
+fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 #[cfg(test)]

@@ -9,14 +9,17 @@
 //! Each scenario ([`scenario`]) writes a JSON report ([`report`]).
 
 pub mod clients;
+pub mod debian_clients;
 pub mod guest;
 pub mod image;
 pub mod layer;
+pub mod matrix;
 pub mod mirror;
 pub mod netns;
 pub mod process;
 pub mod recipe;
 pub mod report;
 pub mod scenario;
+pub mod services;
 pub mod traffic;
 pub mod vm;

@@ -41,6 +41,9 @@ pub const BASE_PACKAGES: &[&str] = &[
     "nginx",
     "memcached",
     "redis-server",
+    "postgresql",
+    "mosquitto",
+    "haproxy",
 ];
 
 /// The recipe of a guest base image.

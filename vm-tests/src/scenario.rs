@@ -519,7 +519,7 @@ fn seamless(lab: &Lab, variant: SeamlessVariant) -> Result<ScenarioReport> {
 
 /// A unit's `ActiveState` and `MainPID`. (`systemctl show --value` prints
 /// values in its own order, not the order asked for, so keys are parsed.)
-fn unit_main_pid(guest: &Guest, unit: &str) -> Result<(String, i32)> {
+pub(crate) fn unit_main_pid(guest: &Guest, unit: &str) -> Result<(String, i32)> {
     let out = guest.query(&format!("systemctl show -p ActiveState -p MainPID {unit}"))?;
     Ok(parse_active_and_pid(&out))
 }
@@ -529,7 +529,7 @@ fn unit_main_pid(guest: &Guest, unit: &str) -> Result<(String, i32)> {
 /// mode and filter count, and capability sets, one `Key: value` a line; then
 /// a `Namespaces:` line with the kinds of namespace it has that PID 1 has
 /// not, and its hostname.
-fn process_identity(guest: &Guest, pid: i32) -> Result<String> {
+pub(crate) fn process_identity(guest: &Guest, pid: i32) -> Result<String> {
     let out = guest.query(&format!(
         "grep -E '^(Uid|Gid|Groups|NoNewPrivs|Seccomp|Seccomp_filters|CapInh|CapPrm|CapEff|CapBnd|CapAmb):' /proc/{pid}/status && \
          printf 'Namespaces:\t' && \
@@ -1037,12 +1037,102 @@ impl MemcachedSession {
     }
 }
 
-/// A download from Debian's nginx (its packaged unit and configuration) by
-/// curl on the host, slowed down so that it spans the update.
-struct NginxDownload {
+/// A download by curl on the host (where QEMU runs), slowed down so that it
+/// spans the update.
+#[derive(Debug)]
+pub struct Download {
     curl: std::process::Child,
     file: PathBuf,
-    sha256: String,
+    log: PathBuf,
+    pub(crate) sha256: String,
+}
+
+impl Download {
+    /// Starts fetching `url` into `<run dir>/<name>` and returns once it is
+    /// under way; `sha256` is what the file must hash to.
+    pub fn start(session: &Session<'_>, url: &str, name: &str, sha256: &str) -> Result<Download> {
+        let file = session.vm.run_dir.join(name);
+        let log_path = session.vm.run_dir.join(format!("{name}.curl.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let curl = crate::process::wrapped_command(&session.wrapper(), "curl")
+            .args([
+                "--silent",
+                "--show-error",
+                "--fail",
+                "--limit-rate",
+                NGINX_RATE,
+                "-o",
+            ])
+            .arg(&file)
+            .arg(url)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start curl")?;
+        poll(
+            &format!("the download of {url} to start"),
+            Duration::from_secs(60),
+            Duration::from_millis(500),
+            || {
+                Ok(
+                    (std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) > 256 << 10)
+                        .then_some(()),
+                )
+            },
+        )?;
+        Ok(Download {
+            curl,
+            file,
+            log: log_path,
+            sha256: sha256.to_string(),
+        })
+    }
+
+    /// Whether curl is still fetching.
+    pub fn running(&mut self) -> bool {
+        matches!(self.curl.try_wait(), Ok(None))
+    }
+
+    /// Waits (up to `timeout`) for curl to end; whether the file is complete
+    /// (curl succeeded and the hash is equal), and what was seen.
+    pub fn finish(&mut self, timeout: Duration) -> Result<(bool, String)> {
+        let finished = poll(
+            "the download to finish",
+            timeout,
+            Duration::from_secs(1),
+            || self.curl.try_wait().map_err(Into::into),
+        );
+        let got = crate::process::run(
+            std::process::Command::new("sha256sum").arg(&self.file),
+            Duration::from_secs(60),
+        )?
+        .stdout;
+        let got = got
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let curl_log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        Ok((
+            finished
+                .as_ref()
+                .is_ok_and(std::process::ExitStatus::success)
+                && got == self.sha256,
+            format!(
+                "curl {finished:?} {}; sha256 {got} (served {})",
+                curl_log.trim(),
+                self.sha256
+            ),
+        ))
+    }
+}
+
+/// A download from Debian's nginx (its packaged unit and configuration) by
+/// curl on the host through QEMU's forward.
+#[derive(Debug)]
+struct NginxDownload {
+    download: Download,
     master_pid: i32,
     workers: String,
 }
@@ -1064,45 +1154,15 @@ impl NginxDownload {
              sha256sum /var/www/html/big.bin | cut -d' ' -f1"
         ))?;
         let workers = nginx_workers(guest)?;
-        let file = session.vm.run_dir.join("nginx-big.bin");
-        let log = std::fs::File::create(session.vm.run_dir.join("curl.log"))?;
+        // QEMU's forwards listen where QEMU runs (in the lab's namespace
+        // when the guest has a Linux peer).
         let url = format!(
             "http://127.0.0.1:{}/big.bin",
             session.vm.host_port(NGINX_PORT)?
         );
-        // QEMU's forwards listen where QEMU runs (in the lab's namespace
-        // when the guest has a Linux peer).
-        let curl = crate::process::wrapped_command(&session.wrapper(), "curl")
-            .args([
-                "--silent",
-                "--show-error",
-                "--fail",
-                "--limit-rate",
-                NGINX_RATE,
-                "-o",
-            ])
-            .arg(&file)
-            .arg(&url)
-            .stdin(std::process::Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("cannot start curl")?;
-        poll(
-            "the nginx download to start",
-            Duration::from_secs(60),
-            Duration::from_millis(500),
-            || {
-                Ok(
-                    (std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) > 256 << 10)
-                        .then_some(()),
-                )
-            },
-        )?;
+        let download = Download::start(session, &url, "nginx-big.bin", sha256.trim())?;
         Ok(NginxDownload {
-            curl,
-            file,
-            sha256: sha256.trim().to_string(),
+            download,
             master_pid,
             workers,
         })
@@ -1138,34 +1198,11 @@ fn nginx_after_update(
             download.master_pid, download.workers
         ),
     ));
-    let finished = poll(
-        "the nginx download to finish",
-        Duration::from_secs(600),
-        Duration::from_secs(1),
-        || download.curl.try_wait().map_err(Into::into),
-    );
-    let got = crate::process::run(
-        std::process::Command::new("sha256sum").arg(&download.file),
-        Duration::from_secs(60),
-    )?
-    .stdout;
-    let got = got
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    let curl_log = std::fs::read_to_string(session.vm.run_dir.join("curl.log")).unwrap_or_default();
+    let (complete, detail) = download.download.finish(Duration::from_secs(600))?;
     checks.push((
         "nginx: the download completed byte for byte".to_string(),
-        finished
-            .as_ref()
-            .is_ok_and(std::process::ExitStatus::success)
-            && got == download.sha256,
-        format!(
-            "curl {finished:?} {}; sha256 {got} (served {})",
-            curl_log.trim(),
-            download.sha256
-        ),
+        complete,
+        detail,
     ));
     // The unit's own commands, now that it runs by its unit file again:
     // reload reads the pid file the restore wrote.
@@ -1195,17 +1232,17 @@ fn nginx_after_update(
 }
 
 /// What a unit's own commands did after the update.
-struct OwnCommands {
+pub(crate) struct OwnCommands {
     /// `systemctl restart` (then `is-active`).
-    restart: Result<String>,
+    pub restart: Result<String>,
     /// The main pid after the restart.
-    after_restart: i32,
+    pub after_restart: i32,
     /// `systemctl stop`, not active, `systemctl start`, active.
-    stop_start: Result<String>,
+    pub stop_start: Result<String>,
 }
 
 /// Runs `unit`'s own restart, then stop and start, as an operator would.
-fn own_commands(guest: &Guest, unit: &str) -> Result<OwnCommands> {
+pub(crate) fn own_commands(guest: &Guest, unit: &str) -> Result<OwnCommands> {
     let restart = guest.sh(&format!(
         "systemctl restart {unit} && systemctl is-active {unit}"
     ));
@@ -1224,7 +1261,12 @@ fn own_commands(guest: &Guest, unit: &str) -> Result<OwnCommands> {
 /// Runs `seamless-reboot --check` for `unit` until it fails saying every one
 /// of `needles` (the unit may need a moment to reach the state the check
 /// refuses); returns what it said, or an error with its last answer.
-fn check_refuses(guest: &Guest, vmlinuz: &str, unit: &str, needles: &[&str]) -> Result<String> {
+pub(crate) fn check_refuses(
+    guest: &Guest,
+    vmlinuz: &str,
+    unit: &str,
+    needles: &[&str],
+) -> Result<String> {
     let mut last_output = String::new();
     poll(
         &format!("the check to refuse {unit}"),
@@ -1269,9 +1311,38 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
              systemctl is-active {UNPRESERVABLE_UNIT}"
         ))?;
         unpreservable_pid = unit_main_pid(session.guest(), UNPRESERVABLE_UNIT)?.1;
-        format!("{unit} --unit nginx.service --unit memcached.service --unit {UNPRESERVABLE_UNIT}")
+        format!(
+            "{unit} --unit nginx.service --unit memcached.service --unit {UNPRESERVABLE_UNIT} \
+             --unit {} --unit mosquitto.service --unit haproxy.service",
+            crate::services::POSTGRES_UNIT
+        )
     } else {
         unit.to_string()
+    };
+    // The stock services of the matrix with their own clients, set up
+    // before the lab's clients start, so that those span the update.
+    let openssh = if variant.debian_services {
+        Some(crate::services::openssh_row(session, &kernel_b.vmlinuz)?)
+    } else {
+        None
+    };
+    let postgres = if variant.debian_services {
+        Some(crate::services::Postgres::start(
+            session,
+            &kernel_b.vmlinuz,
+        )?)
+    } else {
+        None
+    };
+    let mosquitto = if variant.debian_services {
+        Some(crate::services::Mosquitto::start(session)?)
+    } else {
+        None
+    };
+    let memcached = if variant.debian_services {
+        Some(MemcachedSession::start(session)?)
+    } else {
+        None
     };
     if variant.linux_peer {
         session.start_client("lines", ClientSpec::Lines { interval_ms: 50 })?;
@@ -1312,16 +1383,18 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
     let refused_by_daemon = session.guest().sh(
         "journalctl -u seamless-reboot.service --no-pager -o cat | grep -E 'Start by .* refused' | tail -1",
     )?;
-    // The download starts last, so that it is in full flow at the update.
-    let memcached = if variant.debian_services {
-        Some(MemcachedSession::start(session)?)
-    } else {
-        None
-    };
+    // The downloads start last, so that they are in full flow at the update.
     let mut nginx = if variant.debian_services {
         Some(NginxDownload::start(session)?)
     } else {
         None
+    };
+    let haproxy = match &nginx {
+        Some(n) => Some(crate::services::Haproxy::start(
+            session,
+            &n.download.sha256,
+        )?),
+        None => None,
     };
     let old = session.guest().boot_info()?;
     // The update itself: through the command line (which talks to the
@@ -1341,7 +1414,7 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
     };
     let update = session.guest().run(&script, Duration::from_secs(300))?;
     let download_spanned_update = match &mut nginx {
-        Some(n) => n.curl.try_wait()?.is_none(),
+        Some(n) => n.download.running(),
         None => true,
     };
     std::fs::write(session.vm.run_dir.join("update.log"), update.output())?;
@@ -1439,6 +1512,17 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
         Some(m) => Some(m.after_update(session)?),
         None => None,
     };
+    let mut outcomes = Vec::new();
+    if let Some(h) = haproxy {
+        outcomes.push(h.after_update(session)?);
+    }
+    if let Some(p) = postgres {
+        outcomes.push(p.after_update(session)?);
+    }
+    if let Some(m) = mosquitto {
+        outcomes.push(m.after_update(session)?);
+    }
+    outcomes.extend(openssh);
     let unpreservable = if variant.debian_services {
         let guest = session.guest().clone();
         Some(poll(
@@ -1454,6 +1538,27 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
         None
     };
 
+    // What the matrix says of the services checked here: their packages
+    // and sandboxes, read from the guest.
+    let described = if variant.debian_services {
+        let guest = session.guest();
+        let mut described = Vec::new();
+        for (unit, package) in [
+            (unit, None),
+            ("nginx.service", Some("nginx")),
+            ("memcached.service", Some("memcached")),
+            (UNPRESERVABLE_UNIT, Some("redis-server")),
+        ] {
+            let package = match package {
+                Some(p) => crate::matrix::package_version(guest, p)?,
+                None => "the lab's own service".to_string(),
+            };
+            described.push((package, crate::matrix::sandbox_options(guest, unit)?));
+        }
+        described
+    } else {
+        Vec::new()
+    };
     let end = session.guest().boot_info()?;
     let refused_text = refused.output();
     let report = &mut session.report;
@@ -1542,9 +1647,15 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
         if let Some(b) = &r.broken {
             detail.push_str(&format!(", broken: {:?} {}", b.reason, b.detail));
         }
+        // Its longest gap is the update's blackout (over a minute under
+        // emulation): a client that finished before the update proves
+        // nothing.
         report.check(
-            &format!("{}: connection survived with nothing lost", client.name),
-            r.broken.is_none() && r.lost == 0 && r.bytes_verified > 0,
+            &format!(
+                "{}: connection survived the update with nothing lost",
+                client.name
+            ),
+            r.broken.is_none() && r.lost == 0 && r.bytes_verified > 0 && r.max_gap_s > 5.0,
             detail,
         );
         if let Some(end) = r.max_gap_end_unix {
@@ -1618,7 +1729,111 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
             && identity_after_restart == identity_before,
         format!("{restart:?}; new MainPID {pid_after_restart}:\n{identity_after_restart}"),
     );
+    for outcome in &outcomes {
+        for (name, ok, detail) in &outcome.checks {
+            report.check(name, *ok, detail.clone());
+        }
+    }
+    if variant.debian_services {
+        let mut rows = lab_matrix_rows(report, unit, &described);
+        rows.extend(outcomes.into_iter().map(|o| o.row));
+        crate::matrix::write_matrix(
+            &session.vm.run_dir,
+            &format!("{} -> {}", session.report.kernel_before, kernel_b.release),
+            &rows,
+        )?;
+    }
     Ok(())
+}
+
+/// The matrix rows of the lab's service, nginx, memcached and redis, from
+/// the checks the scenario recorded for them; `described` holds each one's
+/// package and sandbox, in that order.
+fn lab_matrix_rows(
+    report: &ScenarioReport,
+    unit: &str,
+    described: &[(String, String)],
+) -> Vec<crate::matrix::MatrixRow> {
+    let passed = |names: &dyn Fn(&str) -> bool| {
+        let checks: Vec<_> = report.checks.iter().filter(|c| names(&c.name)).collect();
+        !checks.is_empty() && checks.iter().all(|c| c.passed)
+    };
+    let detail = |name: &str| {
+        report
+            .checks
+            .iter()
+            .find(|c| c.name.starts_with(name))
+            .map(|c| c.passed)
+    };
+    let lost: u64 = report.clients.iter().map(|c| c.report.lost).sum();
+    let lab_passed = passed(&|n| {
+        n.starts_with("unit active with the restored process")
+            || n.starts_with("the restored process has its user")
+            || n.contains("connection survived the update with nothing lost")
+            || n == "in-memory state continued"
+            || n == "systemctl restart works afterwards"
+    });
+    let yes_if = |ok: Option<bool>| if ok == Some(true) { "yes" } else { "NO" }.to_string();
+    let rows = [
+        (
+            format!("lab-service ({unit})"),
+            yes_if(detail("unit active with the restored process")),
+            "4 clients (lines and an echoed stream, through QEMU's network and from the Linux peer)",
+            format!("{lost} bytes"),
+            "the lab's strictest sandbox: DynamicUser=, ProtectSystem=strict, empty capabilities, a seccomp filter",
+            lab_passed,
+        ),
+        (
+            "nginx (nginx.service)".to_string(),
+            yes_if(detail("nginx: active with the same master")),
+            "curl from the host, rate-limited to span the update; plus the backend side of haproxy's",
+            if detail("nginx: the download completed") == Some(true) {
+                "0 bytes (sha256 equal)".to_string()
+            } else {
+                "download incomplete".to_string()
+            },
+            "root master, workers as www-data; Type=forking with PIDFile=",
+            passed(&|n| n.starts_with("nginx:")),
+        ),
+        (
+            "memcached (memcached.service)".to_string(),
+            yes_if(detail("memcached: active with the same process")),
+            "a client on the Linux peer incrementing a counter every 100 ms over one connection",
+            if detail("memcached: the client's counter continued") == Some(true) {
+                "0 increments".to_string()
+            } else {
+                "see checks".to_string()
+            },
+            "its private /tmp carried; a read-only /usr in its mount namespace afterwards",
+            passed(&|n| n.starts_with("memcached:")),
+        ),
+        (
+            format!("redis ({UNPRESERVABLE_UNIT})"),
+            "no: refused by check (PrivateUsers=); policy restart: started afresh by the next boot"
+                .to_string(),
+            "none (its state is not carried)",
+            "its in-memory state, as with a plain reboot".to_string(),
+            "CRIU cannot checkpoint systemd's PrivateUsers= layout; the plan says so and the policy decides",
+            passed(&|n| n.starts_with("a stock unit the plan cannot preserve")),
+        ),
+    ];
+    rows.into_iter()
+        .zip(described)
+        .map(
+            |((service, preserved, connections, lost, notes, passed), (package, sandbox))| {
+                crate::matrix::MatrixRow {
+                    service,
+                    package: package.clone(),
+                    sandbox: sandbox.clone(),
+                    preserved,
+                    connections: connections.to_string(),
+                    lost,
+                    notes: notes.to_string(),
+                    passed,
+                }
+            },
+        )
+        .collect()
 }
 
 #[cfg(test)]

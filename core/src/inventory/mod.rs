@@ -48,6 +48,7 @@ use crate::manifest::{TcpConnection, UnitNameError, validate_unit_name};
 
 pub mod procnet;
 pub mod sandbox;
+pub mod shared_memory;
 
 use procnet::{Family, InetSocket, TCP_ESTABLISHED, TCP_LISTEN, UNIX_SOCK_STREAM, UnixSocket};
 
@@ -134,6 +135,10 @@ pub struct UnitInventory {
     /// dump and the restore must be told about it.
     #[serde(default)]
     pub mount_sandbox: Option<sandbox::MountSandbox>,
+    /// Its POSIX shared memory files (carried across the kexec) and System
+    /// V segments of the host's IPC namespace (which CRIU cannot save).
+    #[serde(default)]
+    pub shared_memory: shared_memory::SharedMemory,
     /// Resident memory of the unit's processes (`VmRSS`), in bytes: about
     /// what CRIU will write to disk for them.
     #[serde(default)]
@@ -345,6 +350,7 @@ impl Inventory {
         } else {
             None
         };
+        let shared_memory = self.shared_memory(&pids)?;
         let resident_bytes = self.resident_bytes(&pids)?;
         Ok(UnitInventory {
             unit: unit.to_owned(),
@@ -357,6 +363,7 @@ impl Inventory {
             descendants_elsewhere,
             unsupported_files,
             mount_sandbox,
+            shared_memory,
             resident_bytes,
             listening: sockets.listening,
             established: sockets.established,

@@ -266,18 +266,34 @@ impl Inventory {
         let host = self.mountinfo(1)?.unwrap_or_default();
         let mut sandbox = MountSandbox::default();
         let mut seen = BTreeSet::new();
+        // A process's mountinfo lists only the mounts below its root: a
+        // chrooted worker (haproxy's) sees almost none. The namespace's
+        // mounts are read from the first process of each namespace, the
+        // main one first, which runs at its root.
+        let mut namespaces: Vec<(PathBuf, BTreeSet<u32>)> = Vec::new();
         for &pid in pids {
-            let Some(mounts) = self.mountinfo(pid)? else {
+            let ns_path = self.root.join(format!("proc/{pid}/ns/mnt"));
+            let Ok(namespace) = fs::read_link(&ns_path) else {
                 continue;
             };
-            if sandbox.private_dirs.is_empty() {
-                sandbox.private_dirs = private_dirs(&mounts, &host);
-            }
-            if sandbox.skipped_mounts.is_empty() {
-                sandbox.skipped_mounts = propagated_transient_mounts(&mounts, unit);
-            }
-            let ids: BTreeSet<u32> = mounts.iter().map(|m| m.id).collect();
-            for file in self.files_outside(pid, &ids)? {
+            let ids = match namespaces.iter().find(|(ns, _)| *ns == namespace) {
+                Some((_, ids)) => ids.clone(),
+                None => {
+                    let Some(mounts) = self.mountinfo(pid)? else {
+                        continue;
+                    };
+                    if sandbox.private_dirs.is_empty() {
+                        sandbox.private_dirs = private_dirs(&mounts, &host);
+                    }
+                    if sandbox.skipped_mounts.is_empty() {
+                        sandbox.skipped_mounts = propagated_transient_mounts(&mounts, unit);
+                    }
+                    let ids: BTreeSet<u32> = mounts.iter().map(|m| m.id).collect();
+                    namespaces.push((namespace, ids.clone()));
+                    ids
+                }
+            };
+            for file in self.files_outside(pid, &ids, &host)? {
                 if seen.insert((file.mnt_id, file.inode)) {
                     sandbox.outside_files.push(file);
                 }
@@ -304,6 +320,7 @@ impl Inventory {
         &self,
         pid: i32,
         mount_ids: &BTreeSet<u32>,
+        host: &[MountInfo],
     ) -> Result<Vec<OutsideFile>, InventoryError> {
         let mut found = Vec::new();
         for (fd, target) in self.fd_links(pid)?.unwrap_or_default() {
@@ -327,15 +344,72 @@ impl Inventory {
             if mount_ids.contains(&fdinfo.mnt_id) {
                 continue;
             }
+            let fd_path = self.root.join(format!("proc/{pid}/fd/{fd}"));
             found.push(OutsideFile {
                 mnt_id: fdinfo.mnt_id,
                 inode: fdinfo.inode,
-                path: PathBuf::from(target),
+                path: self.host_path_of_open_file(&fd_path, &target, fdinfo.mnt_id, host),
                 writable: fdinfo.flags & 0o3 != 0,
             });
         }
         found.sort_by_key(|f| (f.mnt_id, f.inode));
         Ok(found)
+    }
+}
+
+impl Inventory {
+    /// The host's path of the file open at `fd_path` (`/proc/<pid>/fd/<n>`)
+    /// whose link reads `target`, on the host's mount `mnt_id`. The link is
+    /// the path in the process's view; for a chrooted process (haproxy's
+    /// worker) a file outside its root reads relative to its mount
+    /// (`/null` for `/dev/null`), so the mount's host mountpoint is tried
+    /// too, and for a device udev's `/dev/char/<major>:<minor>` (a process
+    /// restored once holds its stdin on a mount CRIU made and let go). The
+    /// first candidate that is the same file (device and inode, or for a
+    /// device node the same device) wins; else the link as it reads.
+    fn host_path_of_open_file(
+        &self,
+        fd_path: &Path,
+        target: &str,
+        mnt_id: u32,
+        host: &[MountInfo],
+    ) -> PathBuf {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let mut candidates = vec![PathBuf::from(target)];
+        if let Some(mount) = host.iter().find(|m| m.id == mnt_id) {
+            candidates.push(Path::new(&mount.mountpoint).join(target.trim_start_matches('/')));
+        }
+        let Ok(open) = fs::metadata(fd_path) else {
+            return PathBuf::from(target);
+        };
+        let is_char_device = open.file_type().is_char_device();
+        if is_char_device {
+            let (major, minor) = (
+                nix::sys::stat::major(open.rdev()),
+                nix::sys::stat::minor(open.rdev()),
+            );
+            candidates.push(PathBuf::from(format!("/dev/char/{major}:{minor}")));
+        }
+        candidates
+            .iter()
+            .find_map(|c| {
+                let on_host = self.root.join(c.strip_prefix("/").unwrap_or(c));
+                let meta = fs::metadata(&on_host).ok()?;
+                let same = if is_char_device {
+                    meta.file_type().is_char_device() && meta.rdev() == open.rdev()
+                } else {
+                    meta.dev() == open.dev() && meta.ino() == open.ino()
+                };
+                // udev's links name the device node they point to.
+                same.then(|| match fs::canonicalize(&on_host) {
+                    Ok(real) if c.starts_with("/dev/char") => real
+                        .strip_prefix(&self.root)
+                        .map(|p| Path::new("/").join(p))
+                        .unwrap_or_else(|_| c.clone()),
+                    _ => c.clone(),
+                })
+            })
+            .unwrap_or_else(|| PathBuf::from(target))
     }
 }
 
@@ -554,6 +628,27 @@ mod tests {
             std::os::unix::fs::symlink(target, pid.join("fd").join(fd)).unwrap();
             fs::write(pid.join("fdinfo").join(fd), info).unwrap();
         }
+        // A chrooted worker in the same namespace sees only the mounts
+        // below its root; its file on /dev (mount 301) is still inside.
+        let worker = proc.join("301");
+        fs::create_dir_all(worker.join("fd")).unwrap();
+        fs::create_dir_all(worker.join("fdinfo")).unwrap();
+        fs::create_dir_all(worker.join("ns")).unwrap();
+        fs::create_dir_all(pid.join("ns")).unwrap();
+        for dir in [&pid, &worker] {
+            std::os::unix::fs::symlink("mnt:[4026532001]", dir.join("ns/mnt")).unwrap();
+        }
+        fs::write(
+            worker.join("mountinfo"),
+            "305 300 254:1 /my\\040dir /srv/my\\040dir rw shared:125 master:1 - ext4 /dev/vda1 rw\n",
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("/dev/shm/log (deleted)", worker.join("fd/3")).unwrap();
+        fs::write(
+            worker.join("fdinfo/3"),
+            "flags:\t02\nmnt_id:\t301\nino:\t4\n",
+        )
+        .unwrap();
         let sandbox = Inventory::new(root.path())
             .mount_sandbox("redis-server.service", &[300, 301])
             .unwrap();
@@ -567,5 +662,30 @@ mod tests {
             }]
         );
         assert_eq!(sandbox.private_dirs.len(), 2);
+    }
+
+    #[test]
+    fn a_device_held_on_a_mount_gone_from_view_is_found_by_its_device_number() {
+        let root = tempfile::tempdir().unwrap();
+        let fd = root.path().join("proc/300/fd");
+        fs::create_dir_all(&fd).unwrap();
+        // The open file: the machine's own /dev/null (the fake tree cannot
+        // make a device node); its link as a restored process shows it
+        // would read `/null`, which the tree does not have.
+        std::os::unix::fs::symlink("/dev/null", fd.join("0")).unwrap();
+        fs::create_dir_all(root.path().join("dev/char")).unwrap();
+        std::os::unix::fs::symlink("/dev/null", root.path().join("dev/char/1:3")).unwrap();
+        let inventory = Inventory::new(root.path());
+        assert_eq!(
+            inventory.host_path_of_open_file(&fd.join("0"), "/null", 173, &[]),
+            PathBuf::from("/dev/char/1:3")
+        );
+        // Not a device: the link as it reads.
+        fs::write(root.path().join("plain"), b"x").unwrap();
+        std::os::unix::fs::symlink(root.path().join("plain"), fd.join("1")).unwrap();
+        assert_eq!(
+            inventory.host_path_of_open_file(&fd.join("1"), "/gone", 173, &[]),
+            PathBuf::from("/gone")
+        );
     }
 }

@@ -155,6 +155,11 @@ pub struct UnitSnapshot {
     /// private directories and reopening the files held outside it.
     #[serde(default)]
     pub mount_sandbox: Option<crate::inventory::sandbox::MountSandbox>,
+    /// POSIX shared memory files of the host's `/dev/shm` the unit mapped
+    /// or held, by name: saved as `dev-shm.tar` beside the images and put
+    /// back before the restore.
+    #[serde(default)]
+    pub shm_files: Vec<String>,
     /// How long the unit was frozen for the checkpoint, in milliseconds.
     pub frozen_ms: u64,
     /// Digests of every file in `images_dir`, sorted by name.

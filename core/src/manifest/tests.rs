@@ -34,6 +34,7 @@ pub(crate) fn sample() -> Manifest {
             journal_socket_inodes: vec![5001],
             pid_file: Some("/run/demo.pid".to_owned()),
             mount_sandbox: None,
+            shm_files: vec![],
             frozen_ms: 120,
             images: vec![ImageDigest {
                 name: "core-100.img".to_owned(),

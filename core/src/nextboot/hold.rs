@@ -927,6 +927,7 @@ mod tests {
             journal_socket_inodes: vec![],
             pid_file: None,
             mount_sandbox: None,
+            shm_files: vec![],
             frozen_ms: 1,
             images: vec![],
         }

@@ -40,6 +40,8 @@ struct FakePlatform {
     elsewhere: Vec<crate::inventory::DescendantElsewhere>,
     /// The mount sandbox the inventory finds.
     sandbox: Option<crate::inventory::sandbox::MountSandbox>,
+    /// The shared memory the inventory finds.
+    shared_memory: crate::inventory::shared_memory::SharedMemory,
     /// Units whose dump was told about a mount sandbox.
     dumped_with_sandbox: RefCell<Vec<String>>,
     /// Other names of units: (alias, canonical name).
@@ -121,6 +123,7 @@ impl Platform for FakePlatform {
             unsupported_files: self.unsupported.clone(),
             descendants_elsewhere: self.elsewhere.clone(),
             mount_sandbox: self.sandbox.clone(),
+            shared_memory: self.shared_memory.clone(),
             ..inventory(&status.unit)
         })
     }
@@ -253,6 +256,7 @@ fn inventory(unit: &str) -> UnitInventory {
         descendants_elsewhere: vec![],
         unsupported_files: vec![],
         mount_sandbox: None,
+        shared_memory: Default::default(),
         resident_bytes: 300 << 20,
         listening: vec![],
         established: vec![],
@@ -755,9 +759,53 @@ fn a_unit_holding_a_file_criu_cannot_checkpoint_is_refused_by_the_plan() {
 }
 
 #[test]
-fn a_unit_with_its_own_mount_hostname_and_ipc_namespaces_is_planned() {
+fn a_unit_with_system_v_memory_of_the_hosts_ipc_namespace_is_refused_with_the_remedy() {
     let platform = FakePlatform {
-        namespaces: ["mnt", "uts", "ipc"]
+        shared_memory: crate::inventory::shared_memory::SharedMemory {
+            host_sysv: vec![crate::inventory::shared_memory::SysvAttachment { pid: 492, shmid: 0 }],
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let err = format!(
+        "{:#}",
+        plan_one(&platform, "pg.service").expect_err("refused")
+    );
+    assert!(
+        err.starts_with(
+            "pg.service: cannot be preserved as it runs: process 492 has System V shared \
+             memory (segment 0) of the host's IPC namespace"
+        ) && err.contains("`PrivateIPC=yes`")
+            && err.contains("`restart` policy"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_shm_files_the_inventory_finds_go_to_the_snapshot_the_next_boot_restores() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let platform = FakePlatform {
+        shared_memory: crate::inventory::shared_memory::SharedMemory {
+            shm_files: vec!["PostgreSQL.1".into()],
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let plan = plan_for(tmp.path(), &platform, &["pg.service"]);
+    let (_, mut progress) = steps();
+    run(&platform, &plan, &mut progress).expect("succeeds");
+    let manifest =
+        crate::manifest::Manifest::read_from(&plan.transaction_dir).expect("manifest written");
+    assert_eq!(
+        manifest.units[0].shm_files,
+        vec!["PostgreSQL.1".to_string()]
+    );
+}
+
+#[test]
+fn a_unit_with_its_own_mount_hostname_ipc_and_time_namespaces_is_planned() {
+    let platform = FakePlatform {
+        namespaces: ["mnt", "uts", "ipc", "time"]
             .into_iter()
             .map(|kind| crate::inventory::ForeignNamespace {
                 kind: kind.into(),
