@@ -57,6 +57,7 @@ pub struct Postgres {
     main_pid: i32,
     identity: String,
     refused_stock: Check,
+    refused_local: Check,
     row: MatrixRow,
 }
 
@@ -116,6 +117,24 @@ impl Postgres {
              PGPASSWORD=lab psql -q -h 127.0.0.1 -U lab -d lab \
                -c 'CREATE TABLE ticks (n integer PRIMARY KEY)' -c 'CREATE TABLE held (n integer)'"
         ))?;
+        // A local psql on the unit's unix socket: CRIU cannot save one end
+        // of a unix connection, so the check refuses while it is connected,
+        // naming it.
+        guest.sh("systemd-run --quiet --unit lab-local-psql --uid postgres \
+               sh -c 'sleep 600 | psql -q'")?;
+        let refused = check_refuses(
+            guest,
+            vmlinuz,
+            POSTGRES_UNIT,
+            &["unix connections to processes outside it", "(`psql`)"],
+        );
+        let refused_local = (
+            "postgresql: check refuses it while a local psql is connected over its unix socket, naming psql"
+                .to_string(),
+            refused.is_ok(),
+            format!("{refused:?}"),
+        );
+        guest.sh("systemctl stop lab-local-psql.service")?;
         let (_, main_pid) = unit_main_pid(guest, POSTGRES_UNIT)?;
         let identity = process_identity(guest, main_pid)?;
         let mut holder = ScriptedClient::start(&psql_command(session, "psql-held"))?;
@@ -140,7 +159,7 @@ impl Postgres {
             preserved: String::new(),
             connections: "2 psql sessions over TCP from the peer: one inserting a row every 100 ms, one holding a transaction open".into(),
             lost: String::new(),
-            notes: "the packaged unit is refused by check (its System V segment lives in the host's IPC namespace, which CRIU cannot save); with the one-line drop-in the refusal names, it is preserved with its /dev/shm segments".into(),
+            notes: "the packaged unit is refused by check (its System V segment lives in the host's IPC namespace, which CRIU cannot save); with the one-line drop-in the refusal names, it is preserved with its /dev/shm segments; a local psql on its unix socket is refused by check, naming it".into(),
             passed: false,
         };
         Ok(Postgres {
@@ -149,13 +168,14 @@ impl Postgres {
             main_pid,
             identity,
             refused_stock,
+            refused_local,
             row,
         })
     }
 
     pub fn after_update(mut self, session: &Session<'_>) -> Result<Outcome> {
         let guest = session.guest().clone();
-        let mut checks = vec![self.refused_stock.clone()];
+        let mut checks = vec![self.refused_stock.clone(), self.refused_local.clone()];
         let (state, pid) = unit_main_pid(&guest, POSTGRES_UNIT)?;
         let identity = process_identity(&guest, pid)?;
         let same = state == "active" && pid == self.main_pid && identity == self.identity;

@@ -49,6 +49,7 @@ use crate::manifest::{TcpConnection, UnitNameError, validate_unit_name};
 pub mod procnet;
 pub mod sandbox;
 pub mod shared_memory;
+pub mod unix_peers;
 
 use procnet::{Family, InetSocket, TCP_ESTABLISHED, TCP_LISTEN, UNIX_SOCK_STREAM, UnixSocket};
 
@@ -135,6 +136,10 @@ pub struct UnitInventory {
     /// dump and the restore must be told about it.
     #[serde(default)]
     pub mount_sandbox: Option<sandbox::MountSandbox>,
+    /// Unix connections (stream, seqpacket) of the unit whose other end a
+    /// process outside it holds: CRIU would fail on them halfway.
+    #[serde(default)]
+    pub outside_unix_peers: Vec<OutsideUnixPeer>,
     /// Its POSIX shared memory files (carried across the kexec) and System
     /// V segments of the host's IPC namespace (which CRIU cannot save).
     #[serde(default)]
@@ -175,6 +180,17 @@ pub struct DescendantElsewhere {
     pub comm: String,
     /// Its cgroup (e.g. `/user.slice/user-0.slice/session-4.scope`).
     pub cgroup: String,
+}
+
+/// A unix connection of a unit whose other end is held outside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutsideUnixPeer {
+    /// The unit's process holding its end.
+    pub pid: i32,
+    /// The inode of its end.
+    pub inode: u64,
+    /// The process holding the other end, `pid (comm)`, if one does.
+    pub peer_holder: Option<String>,
 }
 
 /// An open file CRIU cannot checkpoint.
@@ -288,6 +304,9 @@ fn io_err(path: &Path, context: &'static str) -> impl FnOnce(io::Error) -> Inven
 #[derive(Debug, Clone)]
 pub struct Inventory {
     root: PathBuf,
+    /// The unix sockets and their peers, when given (tests); else asked of
+    /// the kernel when the root is `/`, and none below another root.
+    unix_sockets: Option<Vec<unix_peers::UnixSocket>>,
 }
 
 /// The socket tables of one network namespace, by inode.
@@ -303,7 +322,14 @@ impl Inventory {
     pub fn new(root: &Path) -> Inventory {
         Inventory {
             root: root.to_owned(),
+            unix_sockets: None,
         }
+    }
+
+    /// The same inventory with the unix sockets the kernel would list.
+    pub fn with_unix_sockets(mut self, sockets: Vec<unix_peers::UnixSocket>) -> Inventory {
+        self.unix_sockets = Some(sockets);
+        self
     }
 
     /// The root everything is read below.
@@ -351,6 +377,7 @@ impl Inventory {
             None
         };
         let shared_memory = self.shared_memory(&pids)?;
+        let outside_unix_peers = self.outside_unix_peers(&pids, &sockets.stdio_socket_inodes)?;
         let resident_bytes = self.resident_bytes(&pids)?;
         Ok(UnitInventory {
             unit: unit.to_owned(),
@@ -363,6 +390,7 @@ impl Inventory {
             descendants_elsewhere,
             unsupported_files,
             mount_sandbox,
+            outside_unix_peers,
             shared_memory,
             resident_bytes,
             listening: sockets.listening,
@@ -456,6 +484,89 @@ impl Inventory {
             }
         }
         Ok(found)
+    }
+
+    /// The unix connections of `pids` whose other end no process of
+    /// `pids` holds, leaving out the journal streams (`exempt`, declared
+    /// external to CRIU). Processes that exit meanwhile are left out.
+    pub fn outside_unix_peers(
+        &self,
+        pids: &[i32],
+        exempt: &[u64],
+    ) -> Result<Vec<OutsideUnixPeer>, InventoryError> {
+        let mut held: Vec<(i32, u64)> = Vec::new();
+        for &pid in pids {
+            for (_, target) in self.fd_links(pid)?.unwrap_or_default() {
+                if let Some(inode) = socket_inode(&target.to_string_lossy()) {
+                    held.push((pid, inode));
+                }
+            }
+        }
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let listed;
+        let sockets = match &self.unix_sockets {
+            Some(sockets) => sockets,
+            None if self.root == Path::new("/") => {
+                listed = unix_peers::unix_sockets().map_err(|detail| InventoryError::Parse {
+                    path: PathBuf::from("NETLINK_SOCK_DIAG"),
+                    line: 0,
+                    detail,
+                })?;
+                &listed
+            }
+            None => return Ok(Vec::new()),
+        };
+        let ours: BTreeSet<u64> = held.iter().map(|(_, inode)| *inode).collect();
+        let by_inode: HashMap<u64, &unix_peers::UnixSocket> =
+            sockets.iter().map(|s| (u64::from(s.inode), s)).collect();
+        let mut found = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (pid, inode) in held {
+            let Some(socket) = by_inode.get(&inode) else {
+                continue;
+            };
+            let Some(peer) = socket.peer.map(u64::from) else {
+                continue;
+            };
+            if !socket.is_connection()
+                || ours.contains(&peer)
+                || exempt.contains(&inode)
+                || !seen.insert(inode)
+            {
+                continue;
+            }
+            found.push(OutsideUnixPeer {
+                pid,
+                inode,
+                peer_holder: self.holder_of_socket(peer),
+            });
+        }
+        Ok(found)
+    }
+
+    /// `pid (comm)` of a process holding socket `inode`, scanning `/proc`.
+    fn holder_of_socket(&self, inode: u64) -> Option<String> {
+        let wanted = format!("socket:[{inode}]");
+        let entries = fs::read_dir(self.root.join("proc")).ok()?;
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(Some(links)) = self.fd_links(pid) else {
+                continue;
+            };
+            if links.iter().any(|(_, t)| t.as_os_str() == wanted.as_str()) {
+                let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+                return Some(format!("{pid} (`{}`)", comm.trim()));
+            }
+        }
+        None
     }
 
     /// The descendants of `main_pid` (followed through every process's

@@ -736,3 +736,65 @@ fn finds_the_main_processs_descendants_in_other_cgroups() {
         vec![]
     );
 }
+
+#[test]
+fn unix_connections_to_processes_outside_the_unit_are_found_with_who_holds_the_other_end() {
+    use super::unix_peers::UnixSocket;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path();
+    // The unit: 100 and 101, connected to each other (10-12), 100 also to
+    // psql (11-20) and to journald on stdout (14-30, exempt); a datagram
+    // socket connected outside (15-40) is reconnected by name, not refused.
+    fd_link(root, 100, 1, "socket:[14]");
+    fd_link(root, 100, 3, "socket:[10]");
+    fd_link(root, 100, 4, "socket:[11]");
+    fd_link(root, 100, 5, "socket:[15]");
+    fd_link(root, 101, 3, "socket:[12]");
+    fd_link(root, 500, 3, "socket:[20]");
+    write(&root.join("proc/500/comm"), "psql\n");
+    let stream = libc::SOCK_STREAM as u8;
+    let sockets = vec![
+        UnixSocket {
+            inode: 10,
+            kind: stream,
+            peer: Some(12),
+        },
+        UnixSocket {
+            inode: 12,
+            kind: stream,
+            peer: Some(10),
+        },
+        UnixSocket {
+            inode: 11,
+            kind: stream,
+            peer: Some(20),
+        },
+        UnixSocket {
+            inode: 20,
+            kind: stream,
+            peer: Some(11),
+        },
+        UnixSocket {
+            inode: 14,
+            kind: stream,
+            peer: Some(30),
+        },
+        UnixSocket {
+            inode: 15,
+            kind: libc::SOCK_DGRAM as u8,
+            peer: Some(40),
+        },
+    ];
+    let found = Inventory::new(root)
+        .with_unix_sockets(sockets)
+        .outside_unix_peers(&[100, 101], &[14])
+        .expect("read");
+    assert_eq!(
+        found,
+        vec![OutsideUnixPeer {
+            pid: 100,
+            inode: 11,
+            peer_holder: Some("500 (`psql`)".into()),
+        }]
+    );
+}

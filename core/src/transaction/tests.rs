@@ -42,6 +42,8 @@ struct FakePlatform {
     sandbox: Option<crate::inventory::sandbox::MountSandbox>,
     /// The shared memory the inventory finds.
     shared_memory: crate::inventory::shared_memory::SharedMemory,
+    /// Unix connections to processes outside the unit the inventory finds.
+    outside_unix: Vec<crate::inventory::OutsideUnixPeer>,
     /// Units whose dump was told about a mount sandbox.
     dumped_with_sandbox: RefCell<Vec<String>>,
     /// Other names of units: (alias, canonical name).
@@ -124,6 +126,7 @@ impl Platform for FakePlatform {
             descendants_elsewhere: self.elsewhere.clone(),
             mount_sandbox: self.sandbox.clone(),
             shared_memory: self.shared_memory.clone(),
+            outside_unix_peers: self.outside_unix.clone(),
             ..inventory(&status.unit)
         })
     }
@@ -256,6 +259,7 @@ fn inventory(unit: &str) -> UnitInventory {
         descendants_elsewhere: vec![],
         unsupported_files: vec![],
         mount_sandbox: None,
+        outside_unix_peers: vec![],
         shared_memory: Default::default(),
         resident_bytes: 300 << 20,
         listening: vec![],
@@ -777,6 +781,29 @@ fn a_unit_with_system_v_memory_of_the_hosts_ipc_namespace_is_refused_with_the_re
              memory (segment 0) of the host's IPC namespace"
         ) && err.contains("`PrivateIPC=yes`")
             && err.contains("`restart` policy"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_unit_with_a_unix_connection_to_a_process_outside_it_is_refused_naming_that_process() {
+    let platform = FakePlatform {
+        outside_unix: vec![crate::inventory::OutsideUnixPeer {
+            pid: 935,
+            inode: 7001,
+            peer_holder: Some("1200 (`psql`)".into()),
+        }],
+        ..Default::default()
+    };
+    let err = format!(
+        "{:#}",
+        plan_one(&platform, "pg.service").expect_err("refused")
+    );
+    assert!(
+        err.starts_with(
+            "pg.service: cannot be preserved while it has unix connections to processes \
+             outside it (process 935 with 1200 (`psql`))"
+        ) && err.contains("both of its ends"),
         "{err}"
     );
 }
