@@ -35,6 +35,9 @@
 //!   private `/tmp` and `/var/tmp` are this start's new private directories
 //!   (systemd makes them for the unit even though the helper itself runs
 //!   outside the sandbox), filled with the contents saved at the dump.
+//! - `/dev/shm` is empty in a new boot, and CRIU saves which shared memory
+//!   file a process maps, not its contents: the unit's files there, saved at
+//!   the dump, are put back before CRIU runs.
 //! - Nothing may restore twice: the hold unit claims the snapshot for this
 //!   boot before anything is restored, and the generator only acts for the
 //!   exact transition the manifest names.

@@ -363,23 +363,6 @@ fn plan_unit(platform: &dyn Platform, requested: &str, status: UnitStatus) -> Re
             list.join(", ")
         );
     }
-    if !inventory.outside_unix_peers.is_empty() {
-        let peers: Vec<String> = inventory
-            .outside_unix_peers
-            .iter()
-            .map(|p| match &p.peer_holder {
-                Some(holder) => format!("process {} with {holder}", p.pid),
-                None => format!("process {} with a socket no process holds", p.pid),
-            })
-            .collect();
-        bail!(
-            "{unit}: cannot be preserved while it has unix connections to processes outside \
-             it ({}): CRIU saves a unix connection only with both of its ends; end those \
-             connections first (local clients of the service, another service connected to \
-             it), or give the unit the `restart` policy",
-            peers.join(", ")
-        );
-    }
     let shared = &inventory.shared_memory;
     if !shared.host_sysv.is_empty() {
         let mut pids: Vec<i32> = shared.host_sysv.iter().map(|a| a.pid).collect();
@@ -428,6 +411,25 @@ fn plan_unit(platform: &dyn Platform, requested: &str, status: UnitStatus) -> Re
             "{unit}: cannot be preserved: it runs in {}; CRIU can checkpoint a unit's own \
              mount, hostname, IPC and time namespaces, not these",
             foreign.join(", ")
+        );
+    }
+    // After the namespaces: a unit in a network namespace of its own is
+    // refused for that, whatever its connections.
+    if !inventory.outside_unix_peers.is_empty() {
+        let peers: Vec<String> = inventory
+            .outside_unix_peers
+            .iter()
+            .map(|p| match &p.peer_holder {
+                Some(holder) => format!("process {} with {holder}", p.pid),
+                None => format!("process {} with a socket no process holds", p.pid),
+            })
+            .collect();
+        bail!(
+            "{unit}: cannot be preserved while it has unix connections to processes outside \
+             it ({}): CRIU saves a unix connection only with both of its ends; end those \
+             connections first (local clients of the service, another service connected to \
+             it), or give the unit the `restart` policy",
+            peers.join(", ")
         );
     }
     Ok(PlannedUnit {

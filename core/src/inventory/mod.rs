@@ -377,7 +377,13 @@ impl Inventory {
             None
         };
         let shared_memory = self.shared_memory(&pids)?;
-        let outside_unix_peers = self.outside_unix_peers(&pids, &sockets.stdio_socket_inodes)?;
+        // The kernel's socket diagnostics answer for the reader's network
+        // namespace; a unit in one of its own is refused for that.
+        let outside_unix_peers = if foreign_namespaces.iter().any(|ns| ns.kind == "net") {
+            Vec::new()
+        } else {
+            self.outside_unix_peers(&pids, &sockets.stdio_socket_inodes)?
+        };
         let resident_bytes = self.resident_bytes(&pids)?;
         Ok(UnitInventory {
             unit: unit.to_owned(),

@@ -809,6 +809,28 @@ fn a_unit_with_a_unix_connection_to_a_process_outside_it_is_refused_naming_that_
 }
 
 #[test]
+fn a_unit_in_its_own_network_namespace_is_refused_for_that_before_its_unix_connections() {
+    let platform = FakePlatform {
+        namespaces: vec![crate::inventory::ForeignNamespace {
+            kind: "net".into(),
+            pid: 100,
+        }],
+        outside_unix: vec![crate::inventory::OutsideUnixPeer {
+            pid: 100,
+            inode: 7001,
+            peer_holder: Some("1 (`systemd`)".into()),
+        }],
+        ..Default::default()
+    };
+    let err = format!(
+        "{:#}",
+        plan_one(&platform, "a.service").expect_err("refused")
+    );
+    assert!(err.contains("its own network namespace"), "{err}");
+    assert!(!err.contains("unix connections"), "{err}");
+}
+
+#[test]
 fn the_shm_files_the_inventory_finds_go_to_the_snapshot_the_next_boot_restores() {
     let tmp = tempfile::tempdir().expect("tmp");
     let platform = FakePlatform {
