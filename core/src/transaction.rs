@@ -428,7 +428,8 @@ fn plan_unit(platform: &dyn Platform, requested: &str, status: UnitStatus) -> Re
             "{unit}: cannot be preserved while it has unix connections to processes outside \
              it ({}): CRIU saves a unix connection only with both of its ends; end those \
              connections first (local clients of the service, another service connected to \
-             it), or give the unit the `restart` policy",
+             it; a datagram socket kept connected to syslog's /dev/log is one too), or give the \
+             unit the `restart` policy",
             peers.join(", ")
         );
     }

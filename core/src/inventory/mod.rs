@@ -136,8 +136,8 @@ pub struct UnitInventory {
     /// dump and the restore must be told about it.
     #[serde(default)]
     pub mount_sandbox: Option<sandbox::MountSandbox>,
-    /// Unix connections (stream, seqpacket) of the unit whose other end a
-    /// process outside it holds: CRIU would fail on them halfway.
+    /// Connected unix sockets of the unit whose other end a process outside
+    /// it holds: CRIU would fail on them halfway.
     #[serde(default)]
     pub outside_unix_peers: Vec<OutsideUnixPeer>,
     /// Its POSIX shared memory files (carried across the kexec) and System
@@ -492,9 +492,12 @@ impl Inventory {
         Ok(found)
     }
 
-    /// The unix connections of `pids` whose other end no process of
-    /// `pids` holds, leaving out the journal streams (`exempt`, declared
-    /// external to CRIU). Processes that exit meanwhile are left out.
+    /// The connected unix sockets of `pids` (streams, and datagram sockets
+    /// connected with connect(2), as syslog(3) keeps one to `/dev/log`)
+    /// whose other end no process of `pids` holds, leaving out the journal
+    /// streams (`exempt`, declared external to CRIU). CRIU 4.1 fails on
+    /// either kind ("External socket is used"). Processes that exit
+    /// meanwhile are left out.
     pub fn outside_unix_peers(
         &self,
         pids: &[i32],
@@ -536,11 +539,7 @@ impl Inventory {
             let Some(peer) = socket.peer.map(u64::from) else {
                 continue;
             };
-            if !socket.is_connection()
-                || ours.contains(&peer)
-                || exempt.contains(&inode)
-                || !seen.insert(inode)
-            {
+            if ours.contains(&peer) || exempt.contains(&inode) || !seen.insert(inode) {
                 continue;
             }
             found.push(OutsideUnixPeer {

@@ -743,8 +743,8 @@ fn unix_connections_to_processes_outside_the_unit_are_found_with_who_holds_the_o
     let tmp = tempfile::tempdir().expect("tmp");
     let root = tmp.path();
     // The unit: 100 and 101, connected to each other (10-12), 100 also to
-    // psql (11-20) and to journald on stdout (14-30, exempt); a datagram
-    // socket connected outside (15-40) is reconnected by name, not refused.
+    // psql (11-20), to journald on stdout (14-30, exempt), and a datagram
+    // socket connected to one nobody in the tree holds (15-40, syslog's).
     fd_link(root, 100, 1, "socket:[14]");
     fd_link(root, 100, 3, "socket:[10]");
     fd_link(root, 100, 4, "socket:[11]");
@@ -791,10 +791,17 @@ fn unix_connections_to_processes_outside_the_unit_are_found_with_who_holds_the_o
         .expect("read");
     assert_eq!(
         found,
-        vec![OutsideUnixPeer {
-            pid: 100,
-            inode: 11,
-            peer_holder: Some("500 (`psql`)".into()),
-        }]
+        vec![
+            OutsideUnixPeer {
+                pid: 100,
+                inode: 11,
+                peer_holder: Some("500 (`psql`)".into()),
+            },
+            OutsideUnixPeer {
+                pid: 100,
+                inode: 15,
+                peer_holder: None,
+            },
+        ]
     );
 }
