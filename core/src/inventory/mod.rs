@@ -554,24 +554,34 @@ impl Inventory {
     /// `pid (comm)` of a process holding socket `inode`, scanning `/proc`.
     fn holder_of_socket(&self, inode: u64) -> Option<String> {
         let wanted = format!("socket:[{inode}]");
-        let entries = fs::read_dir(self.root.join("proc")).ok()?;
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
+        for (pid, dir) in self.proc_pids().ok()? {
             let Ok(Some(links)) = self.fd_links(pid) else {
                 continue;
             };
             if links.iter().any(|(_, t)| t.as_os_str() == wanted.as_str()) {
-                let comm = fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+                let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default();
                 return Some(format!("{pid} (`{}`)", comm.trim()));
             }
         }
         None
+    }
+
+    /// Every process's pid and `/proc/<pid>` directory, in listing order.
+    fn proc_pids(&self) -> Result<Vec<(i32, PathBuf)>, InventoryError> {
+        let proc = self.root.join("proc");
+        let entries = fs::read_dir(&proc).map_err(io_err(&proc, "cannot list"))?;
+        let mut found = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io_err(&proc, "cannot list"))?;
+            if let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            {
+                found.push((pid, entry.path()));
+            }
+        }
+        Ok(found)
     }
 
     /// The descendants of `main_pid` (followed through every process's
@@ -583,20 +593,10 @@ impl Inventory {
         main_pid: i32,
         pids: &[i32],
     ) -> Result<Vec<DescendantElsewhere>, InventoryError> {
-        let proc = self.root.join("proc");
-        let entries = fs::read_dir(&proc).map_err(io_err(&proc, "cannot list"))?;
         // parent -> [(child, comm)]
         let mut children: BTreeMap<i32, Vec<(i32, String)>> = BTreeMap::new();
-        for entry in entries {
-            let entry = entry.map_err(io_err(&proc, "cannot list"))?;
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let Ok(text) = fs::read_to_string(entry.path().join("stat")) else {
+        for (pid, dir) in self.proc_pids()? {
+            let Ok(text) = fs::read_to_string(dir.join("stat")) else {
                 continue; // exited meanwhile
             };
             if let Some((comm, ppid)) = parse_stat(&text) {
@@ -614,7 +614,7 @@ impl Inventory {
                 }
                 queue.push(*pid);
                 if !members.contains(pid) {
-                    let cgroup = fs::read_to_string(proc.join(format!("{pid}/cgroup")))
+                    let cgroup = fs::read_to_string(self.root.join(format!("proc/{pid}/cgroup")))
                         .ok()
                         .and_then(|t| {
                             t.lines()
