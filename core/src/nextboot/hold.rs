@@ -289,16 +289,24 @@ struct HeldUnit {
     name: String,
     index: usize,
     pids: Vec<i32>,
-    /// Ids of this unit's packets waiting in the queue, oldest first.
-    queued: Vec<u32>,
+    /// This unit's packets waiting in the queue (id and flow), oldest first.
+    queued: Vec<(u32, Flow)>,
     released: bool,
 }
 
-/// Which unit each held connection belongs to, and what is waiting for it.
+/// Which units each held connection belongs to, and what is waiting for it.
+///
+/// A flow may belong to two units: a connection over loopback between two
+/// checkpointed units (a proxy and its backend) is in both units' sets, in
+/// both directions (CRIU locks both). Its packets are held until every unit
+/// listing the flow is released, since until then one end may have no
+/// socket, and a packet accepted there draws a reset that kills the
+/// connection for the end restored first.
 #[derive(Debug)]
 pub struct HeldUnits {
     units: Vec<HeldUnit>,
-    by_flow: HashMap<Flow, usize>,
+    /// The units (manifest indexes, ascending) listing each flow.
+    by_flow: HashMap<Flow, Vec<usize>>,
 }
 
 /// What to do with a packet that just arrived in the queue.
@@ -325,7 +333,7 @@ impl HeldUnits {
     /// `flows[i]` for unit `i`. Units in `done` (restored or cold-started
     /// earlier in this boot) are released already.
     pub fn new(manifest: &Manifest, flows: &[Vec<Flow>], done: &[String]) -> Self {
-        let mut by_flow = HashMap::new();
+        let mut by_flow: HashMap<Flow, Vec<usize>> = HashMap::new();
         let units = manifest
             .units
             .iter()
@@ -334,7 +342,10 @@ impl HeldUnits {
                 let released = done.contains(&unit.unit);
                 if !released {
                     for flow in flows.get(index).into_iter().flatten() {
-                        by_flow.insert(*flow, index);
+                        let owners = by_flow.entry(*flow).or_default();
+                        if !owners.contains(&index) {
+                            owners.push(index);
+                        }
                     }
                 }
                 HeldUnit {
@@ -351,24 +362,27 @@ impl HeldUnits {
 
     /// A packet from the queue.
     pub fn arrived(&mut self, packet: &QueuedPacket) -> Arrival {
-        let unit = packet
-            .flow
-            .as_ref()
-            .and_then(|flow| self.by_flow.get(flow))
-            .and_then(|&index| self.units.get_mut(index));
-        match unit {
-            Some(unit) if !unit.released => {
-                unit.queued.push(packet.id);
-                Arrival::Held
-            }
-            // Queued just before its unit was released: the socket is back.
-            Some(_) => Arrival::Now(Verdict::Accept),
+        let Some(flow) = packet.flow else {
             // Only our rules feed this queue, so an unreadable packet is
             // one of ours: let TCP retransmit it rather than draw a reset.
-            None if packet.flow.is_none() => Arrival::Now(Verdict::Drop),
-            // Not one of our flows (after a release): not ours to hold.
+            return Arrival::Now(Verdict::Drop);
+        };
+        match self.holder_of(&flow, None) {
+            Some(index) => {
+                self.units[index].queued.push((packet.id, flow));
+                Arrival::Held
+            }
+            // Queued just before the last of its units was released (the
+            // sockets are back), or not one of our flows: not ours to hold.
             None => Arrival::Now(Verdict::Accept),
         }
+    }
+
+    /// The first unit still held that lists `flow`, other than `except`.
+    fn holder_of(&self, flow: &Flow, except: Option<usize>) -> Option<usize> {
+        self.by_flow.get(flow)?.iter().copied().find(|&index| {
+            Some(index) != except && self.units.get(index).is_some_and(|u| !u.released)
+        })
     }
 
     /// The pids to free for `unit`.
@@ -383,14 +397,22 @@ impl HeldUnits {
             .iter()
             .position(|u| u.name == unit)
             .with_context(|| format!("{unit} is not held"))?;
-        let held = &mut self.units[index];
-        if held.released {
+        if self.units[index].released {
             bail!("{unit} was already released");
         }
-        held.released = true;
+        self.units[index].released = true;
+        // A packet whose flow another held unit lists too (the other end of a
+        // loopback connection) waits for that unit instead.
+        let mut packets = Vec::new();
+        for (id, flow) in std::mem::take(&mut self.units[index].queued) {
+            match self.holder_of(&flow, Some(index)) {
+                Some(other) => self.units[other].queued.push((id, flow)),
+                None => packets.push(id),
+            }
+        }
         Ok(Release {
-            index: held.index,
-            packets: std::mem::take(&mut held.queued),
+            index: self.units[index].index,
+            packets,
             verdict,
         })
     }
@@ -1097,6 +1119,63 @@ mod tests {
         let b = held.release("b.service", Verdict::Drop).expect("release b");
         assert_eq!((b.index, b.packets, b.verdict), (1, vec![9], Verdict::Drop));
         assert!(held.remaining().is_empty());
+    }
+
+    /// A proxy and its backend on the same host, both checkpointed: their
+    /// loopback connection is in both units' sets, in both directions, as
+    /// CRIU's lock tables list it. Whichever unit is released first, a
+    /// packet towards the other is held until that one is released too.
+    #[test]
+    fn a_loopback_connection_between_two_units_waits_for_both() {
+        let lock = |a: &str, b: &str| {
+            format!(
+                "table inet CRIU-1 {{\n\tset conns4 {{\n\t\ttype ipv4_addr . inet_service . ipv4_addr . inet_service\n\t\telements = {{ {a}, {b} }}\n\t}}\n}}\n"
+            )
+        };
+        let backend = snapshot(
+            "backend.service",
+            &[700],
+            &[],
+            vec![conn("127.0.0.1:80", "127.0.0.1:45000")],
+        );
+        let proxy = snapshot(
+            "proxy.service",
+            &[800],
+            &[],
+            vec![conn("127.0.0.1:45000", "127.0.0.1:80")],
+        );
+        let locks = lock(
+            "127.0.0.1 . 80 . 127.0.0.1 . 45000",
+            "127.0.0.1 . 45000 . 127.0.0.1 . 80",
+        );
+        let mut m = manifest();
+        m.units = vec![backend, proxy];
+        let flows: Vec<Vec<Flow>> = m.units.iter().map(|u| unit_flows(u, &locks)).collect();
+        for first in ["backend.service", "proxy.service"] {
+            let second = if first == "backend.service" {
+                "proxy.service"
+            } else {
+                "backend.service"
+            };
+            let mut held = HeldUnits::new(&m, &flows, &[]);
+            let to_proxy = packet(1, "127.0.0.1:80", "127.0.0.1:45000");
+            let to_backend = packet(2, "127.0.0.1:45000", "127.0.0.1:80");
+            assert_eq!(held.arrived(&to_proxy), Arrival::Held, "{first}");
+            assert_eq!(held.arrived(&to_backend), Arrival::Held, "{first}");
+            let early = held.release(first, Verdict::Accept).expect("first");
+            assert!(early.packets.is_empty(), "{first}: {early:?}");
+            // Sent by the end restored first, towards the other: held.
+            let sent_by_first = if first == "backend.service" {
+                packet(3, "127.0.0.1:80", "127.0.0.1:45000")
+            } else {
+                packet(3, "127.0.0.1:45000", "127.0.0.1:80")
+            };
+            assert_eq!(held.arrived(&sent_by_first), Arrival::Held, "{first}");
+            let late = held.release(second, Verdict::Accept).expect("second");
+            assert_eq!(late.packets, vec![1, 2, 3], "{first} then {second}");
+            // Both ends are back: nothing more is held.
+            assert_eq!(held.arrived(&to_proxy), Arrival::Now(Verdict::Accept));
+        }
     }
 
     #[test]
