@@ -278,6 +278,10 @@ pub enum InventoryError {
         /// What is wrong.
         detail: String,
     },
+    /// The kernel's socket diagnostics (NETLINK_SOCK_DIAG) could not list
+    /// the unix sockets and their peers.
+    #[error("cannot list the unix sockets and their peers through NETLINK_SOCK_DIAG: {0}")]
+    SockDiag(String),
     /// Reading failed.
     #[error("{}: {context}: {source}", .path.display())]
     Io {
@@ -518,11 +522,7 @@ impl Inventory {
         let sockets = match &self.unix_sockets {
             Some(sockets) => sockets,
             None if self.root == Path::new("/") => {
-                listed = unix_peers::unix_sockets().map_err(|detail| InventoryError::Parse {
-                    path: PathBuf::from("NETLINK_SOCK_DIAG"),
-                    line: 0,
-                    detail,
-                })?;
+                listed = unix_peers::unix_sockets().map_err(InventoryError::SockDiag)?;
                 &listed
             }
             None => return Ok(Vec::new()),
