@@ -365,6 +365,22 @@ impl Session<'_> {
                 Err(e) => eprintln!("lab: client {name}: {e:#}"),
             }
         }
+        // The guest's whole journal of its current boot, kept beside the
+        // report: the services' own logs (a proxy's request log with its
+        // termination state, a restore's messages) are what explains a failed
+        // check afterwards. A guest that no longer answers leaves none.
+        match self.guest().run(
+            "journalctl -b --no-pager -o short-unix",
+            Duration::from_secs(60),
+        ) {
+            Ok(done) if done.status.success() => {
+                let path = self.vm.run_dir.join("journal.log");
+                if let Err(e) = std::fs::write(&path, done.stdout) {
+                    eprintln!("lab: cannot write {}: {e}", path.display());
+                }
+            }
+            Ok(_) | Err(_) => eprintln!("lab: the guest's journal could not be read"),
+        }
         self.report.settle();
         let path = self.vm.run_dir.join("report.json");
         if let Err(e) = self.report.write(&path) {
