@@ -152,7 +152,9 @@ pub struct Timeouts {
     pub checkpoint_s: u32,
     /// Restoring one unit. Default 60.
     pub restore_s: u32,
-    /// From handing over to systemd until the kexec. Default 120.
+    /// After the hand-over, how long systemd's kexec job may take to show
+    /// up; if it never does, or once it has gone without a kexec, the update
+    /// is undone (its units restored in place). Default 120.
     pub kexec_s: u32,
 }
 

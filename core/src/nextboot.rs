@@ -386,8 +386,11 @@ pub fn finish_restore(transaction_dir: &Path) -> Result<()> {
             }
         }
     }
-    // The images hold the services' memory (keys, passwords, sessions):
-    // once a unit is restored or started afresh they serve nothing more.
+    // The old boot's undo journal is obsolete: this boot took the units
+    // over. The images hold the services' memory (keys, passwords,
+    // sessions): once a unit is restored or started afresh they serve
+    // nothing more.
+    crate::transaction::journal::remove_journal(transaction_dir)?;
     wipe_images(transaction_dir, &manifest)?;
     if !failed.is_empty() {
         bail!("could not start {}", failed.join("; "));

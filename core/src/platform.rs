@@ -100,6 +100,12 @@ pub trait Platform {
     fn unload_kernel(&self) -> Result<()>;
     /// Asks systemd to stop everything and kexec into the loaded kernel.
     fn kexec(&self) -> Result<()>;
+    /// Whether systemd has a job for `kexec.target`: the machine is going
+    /// down for a kexec.
+    fn kexec_pending(&self) -> Result<bool>;
+    /// Starts `binary watch-kexec TRANSACTION_DIR` in a transient unit the
+    /// shutdown does not stop (see `transaction::watch_kexec`).
+    fn start_kexec_watch(&self, transaction_dir: &Path, binary: &Path) -> Result<()>;
 }
 
 /// The real system.
@@ -425,11 +431,71 @@ impl Platform for LinuxPlatform {
     fn kexec(&self) -> Result<()> {
         command("systemctl", &["kexec", "--no-block"]).map(drop)
     }
+
+    fn kexec_pending(&self) -> Result<bool> {
+        let jobs = command(
+            "systemctl",
+            &["list-jobs", "--no-legend", "--plain", "--", KEXEC_TARGET],
+        )?;
+        Ok(has_job_for(&jobs, KEXEC_TARGET))
+    }
+
+    fn start_kexec_watch(&self, transaction_dir: &Path, binary: &Path) -> Result<()> {
+        let id = transaction_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("a transaction directory is named by its id")?;
+        let unit = format!("--unit=seamless-reboot-kexec-watch-{id}.service");
+        let dir = transaction_dir
+            .to_str()
+            .context("the transaction directory's path is UTF-8")?;
+        let binary = binary.to_str().context("the binary's path is UTF-8")?;
+        // DefaultDependencies=no: no Conflicts=shutdown.target, so the
+        // shutdown the kexec starts leaves it running to the end.
+        command(
+            "systemd-run",
+            &[
+                "--quiet",
+                "--no-block",
+                "--collect",
+                &unit,
+                "--description=seamless-reboot: undo the update if systemd does not kexec",
+                "--property=DefaultDependencies=no",
+                "--",
+                binary,
+                "watch-kexec",
+                dir,
+            ],
+        )
+        .map(drop)
+    }
+}
+
+/// The unit systemd's kexec goes through.
+const KEXEC_TARGET: &str = "kexec.target";
+
+/// Whether `systemctl list-jobs --no-legend --plain` output (`ID UNIT TYPE
+/// STATE` per line) lists a job for `unit`.
+fn has_job_for(jobs: &str, unit: &str) -> bool {
+    jobs.lines()
+        .any(|line| line.split_whitespace().nth(1) == Some(unit))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kexec_job_is_found_in_systemctls_job_list() {
+        let jobs = "1234 kexec.target start waiting\n1240 systemd-kexec.service start waiting\n";
+        assert!(has_job_for(jobs, "kexec.target"));
+        assert!(!has_job_for("", "kexec.target"));
+        assert!(!has_job_for("No jobs running.\n", "kexec.target"));
+        assert!(!has_job_for(
+            "1240 systemd-kexec.service start waiting\n",
+            "kexec.target"
+        ));
+    }
     use crate::criu::images::{PSTREE_IMAGE, SavedProcess, encode_process_tree};
 
     #[test]

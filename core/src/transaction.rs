@@ -13,6 +13,11 @@
 //! Failing to load the kernel freezes nothing; a failed checkpoint restores
 //! the units already checkpointed on the running kernel. Only the request to
 //! systemd to kexec is final.
+//!
+//! The log is kept on disk as well ([`journal`]): if this process dies
+//! halfway, or systemd drops the kexec job without a kexec after the
+//! hand-over, a replay of the journal does what the rollback would have
+//! done.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -24,8 +29,12 @@ use crate::inventory::UnitInventory;
 use crate::kexec::{InitrdImage, KernelImage};
 use crate::manifest::{Manifest, UnitSnapshot, compute_digests};
 use crate::platform::{Platform, UnitStatus};
+use journal::{Undo, UndoLog};
 use seamless_reboot_config::UnitPolicy;
 use std::collections::BTreeMap;
+
+pub mod journal;
+pub use journal::{KexecWatch, Recovery, recover, watch_kexec};
 
 /// The runtime drop-in that stops systemd from restarting a unit whose
 /// process CRIU has just checkpointed (and so killed).
@@ -36,8 +45,15 @@ pub const HOLD_DROPIN: &str = "50-seamless-reboot-checkpoint.conf";
 /// whose processes died: nothing may restart it, and its own stop commands
 /// must not run against the state the restore needs (Debian's
 /// `pg_ctlcluster stop` removes the data directory's `postmaster.pid`, and
-/// the restored PostgreSQL shuts itself down when it finds it gone).
-pub const GUARD_DROPIN: &str = "[Service]\nRestart=no\nExecStop=\nExecStopPost=\n";
+/// the restored PostgreSQL shuts itself down when it finds it gone). Nor
+/// may anyone else start it afresh meanwhile (an operator, or a target
+/// started again after a cancelled kexec): that would throw its
+/// checkpointed state away, so a start is skipped, saying why, until the
+/// restore (in place, or in the next boot, where the guard is gone with
+/// `/run`) takes the guard off.
+pub const GUARD_DROPIN: &str = "[Service]\nRestart=no\nExecStop=\nExecStopPost=\n\
+    ExecCondition=/bin/sh -c \"echo 'checkpointed by seamless-reboot: it comes back from its \
+    checkpoint, not started afresh' >&2; exit 1\"\n";
 /// The runtime drop-in that makes a unit restore itself from its snapshot.
 pub const RESTORE_DROPIN: &str = "50-seamless-reboot-restore.conf";
 /// File in a unit's snapshot directory: its `UnitSnapshot` as JSON, readable
@@ -559,28 +575,6 @@ pub fn new_transaction_id() -> String {
     format!("t{}-{}", now.as_millis(), std::process::id())
 }
 
-/// One thing to undo.
-#[derive(Debug)]
-enum Undo {
-    UnloadKernel,
-    RemoveDropin {
-        unit: String,
-        name: String,
-    },
-    RestoreInPlace {
-        unit: String,
-        snapshot_dir: PathBuf,
-    },
-    /// Before each checkpoint: whatever happened to it (CRIU killed or
-    /// failing halfway), the unit ends running and no lock table of CRIU's
-    /// is left behind (`lock_tables_before`: the CRIU tables there were).
-    KeepRunning {
-        unit: String,
-        lock_tables_before: Vec<String>,
-    },
-    RemoveDir(PathBuf),
-}
-
 /// Failure of a transaction: the cause, and whatever could not be undone.
 #[derive(Debug, thiserror::Error)]
 #[error("{cause:#}{}", rollback_text(.rollback_errors))]
@@ -611,12 +605,24 @@ pub fn run(
     plan: &Plan,
     progress: &mut dyn Progress,
 ) -> Result<Vec<Checkpointed>, TransactionError> {
-    let mut undo = Vec::new();
+    // 0. The transaction's directory and its undo journal, locked: from
+    //    here on, whatever happens to this process, what was done can be
+    //    undone (see the journal module).
+    let mut undo = UndoLog::create(
+        &plan.transaction_dir,
+        &plan.transaction_id,
+        &plan.source_boot_id,
+        &plan.restore_binary,
+    )
+    .map_err(|cause| TransactionError {
+        cause,
+        rollback_errors: Vec::new(),
+    })?;
     match forward(platform, plan, progress, &mut undo) {
         Ok(done) => Ok(done),
         Err(cause) => {
             progress.step("undoing");
-            let rollback_errors = rollback(platform, plan, undo);
+            let rollback_errors = rollback(platform, &mut undo);
             Err(TransactionError {
                 cause,
                 rollback_errors,
@@ -629,33 +635,29 @@ fn forward(
     platform: &dyn Platform,
     plan: &Plan,
     progress: &mut dyn Progress,
-    undo: &mut Vec<Undo>,
+    undo: &mut UndoLog,
 ) -> Result<Vec<Checkpointed>> {
     // 1. Load the kernel. Nothing is frozen yet; a bad kernel stops here.
     progress.step("loading kernel");
     platform.load_kernel(&plan.kernel, plan.initrd.as_ref(), &plan.cmdline)?;
-    undo.push(Undo::UnloadKernel);
-
-    fs::create_dir_all(&plan.transaction_dir)
-        .with_context(|| format!("cannot create {}", plan.transaction_dir.display()))?;
-    undo.push(Undo::RemoveDir(plan.transaction_dir.clone()));
+    undo.push(Undo::UnloadKernel)?;
 
     // 2. Guard: nothing may restart a checkpointed unit, and nothing may
     //    flush the lock rules before the kexec (Debian's nftables.service
     //    flushes the ruleset when it stops).
     progress.step("guarding units");
     for unit in &plan.units {
-        platform.write_runtime_dropin(&unit.status.unit, HOLD_DROPIN, GUARD_DROPIN)?;
         undo.push(Undo::RemoveDropin {
             unit: unit.status.unit.clone(),
             name: HOLD_DROPIN.into(),
-        });
+        })?;
+        platform.write_runtime_dropin(&unit.status.unit, HOLD_DROPIN, GUARD_DROPIN)?;
     }
-    platform.write_runtime_dropin("nftables.service", HOLD_DROPIN, "[Service]\nExecStop=\n")?;
     undo.push(Undo::RemoveDropin {
         unit: "nftables.service".into(),
         name: HOLD_DROPIN.into(),
-    });
+    })?;
+    platform.write_runtime_dropin("nftables.service", HOLD_DROPIN, "[Service]\nExecStop=\n")?;
     platform.daemon_reload()?;
 
     // 3. Checkpoint each unit. From here on, a failure restores the units
@@ -671,14 +673,14 @@ fn forward(
         undo.push(Undo::KeepRunning {
             unit: name.clone(),
             lock_tables_before: tables_before.clone(),
-        });
+        })?;
         let stats = platform
             .criu_dump(&unit.status, &unit.inventory, &images)
             .with_context(|| format!("checkpoint of {name} failed"))?;
         undo.push(Undo::RestoreInPlace {
             unit: name.clone(),
             snapshot_dir: snapshot_dir.clone(),
-        });
+        })?;
         // The unit's record comes first: it is what the in-place restore of
         // an undo reads, so nothing that can fail goes before it. The pids
         // and thread ids the next boot keeps free are the ones CRIU saved,
@@ -758,15 +760,22 @@ fn forward(
 
     // 5. Point of no return: systemd stops everything and kexecs.
     progress.step("handing over to systemd kexec");
+    platform.start_kexec_watch(&plan.transaction_dir, &plan.restore_binary)?;
     platform.kexec()?;
+    // The journal stays: should systemd drop the kexec job without a
+    // kexec, a replay (`recover`) still brings the units back.
+    if let Err(e) = undo.handed_over() {
+        tracing::warn!("{e:#}");
+    }
     Ok(done)
 }
 
-/// Unwinds the undo log in reverse; returns what could not be undone.
-fn rollback(platform: &dyn Platform, plan: &Plan, undo: Vec<Undo>) -> Vec<anyhow::Error> {
+/// Unwinds the undo log in reverse, keeping its journal in step; returns
+/// what could not be undone.
+pub(crate) fn rollback(platform: &dyn Platform, undo: &mut UndoLog) -> Vec<anyhow::Error> {
     let mut errors = Vec::new();
     let mut need_reload = false;
-    for step in undo.into_iter().rev() {
+    while let Some(step) = undo.last().cloned() {
         let result = match &step {
             Undo::UnloadKernel => platform.unload_kernel(),
             Undo::RemoveDropin { unit, name } => {
@@ -774,25 +783,30 @@ fn rollback(platform: &dyn Platform, plan: &Plan, undo: Vec<Undo>) -> Vec<anyhow
                 platform.remove_runtime_dropin(unit, name)
             }
             Undo::RestoreInPlace { unit, snapshot_dir } => {
-                restore_in_place(platform, plan, unit, snapshot_dir)
+                restore_in_place(platform, undo.restore_binary(), unit, snapshot_dir)
             }
             Undo::KeepRunning {
                 unit,
                 lock_tables_before,
             } => keep_running(platform, unit, lock_tables_before),
-            Undo::RemoveDir(dir) => {
+            Undo::RemoveDir { dir } => {
                 // Keep the snapshot if a unit could not be brought back: it
                 // is the only copy of that unit's state. Otherwise drop the
                 // images but keep CRIU's logs, which the error points to.
-                if errors.is_empty() {
-                    remove_all_but_logs(dir)
-                } else {
+                if undo.keep_snapshot() {
                     Ok(())
+                } else {
+                    remove_all_but_logs(dir)
                 }
             }
         };
         if let Err(e) = result {
             errors.push(e.context(format!("undo {step:?}")));
+            undo.set_keep_snapshot();
+        }
+        if let Err(e) = undo.pop() {
+            errors.push(e);
+            undo.stop_journal();
         }
     }
     if need_reload && let Err(e) = platform.daemon_reload() {
@@ -825,6 +839,9 @@ fn keep_running(platform: &dyn Platform, unit: &str, lock_tables_before: &[Strin
         return Ok(());
     }
     let was = status.active_state;
+    // Its guard would skip the start.
+    platform.remove_runtime_dropin(unit, HOLD_DROPIN)?;
+    platform.daemon_reload()?;
     match platform.start_unit(unit) {
         Ok(()) => bail!(
             "{unit} was {was} after its checkpoint failed; it was started again with its own \
@@ -843,14 +860,26 @@ fn keep_running(platform: &dyn Platform, unit: &str, lock_tables_before: &[Strin
 /// is lost, but it runs), and the error says so.
 fn restore_in_place(
     platform: &dyn Platform,
-    plan: &Plan,
+    restore_binary: &Path,
     unit: &str,
     snapshot_dir: &Path,
 ) -> Result<()> {
+    // Running already means started afresh by something else (before its
+    // guard was there, or with the guard taken off): restoring would be a
+    // no-op that hides that the checkpointed state was thrown away.
+    let before = platform.unit_status(unit)?;
+    if before.active_state == "active" {
+        bail!(
+            "{unit} was started afresh by something else while it was checkpointed (main pid {}); \
+             its checkpointed state is not used, the snapshot is kept in {}",
+            before.main_pid,
+            snapshot_dir.display()
+        );
+    }
     platform.write_runtime_dropin(
         unit,
         RESTORE_DROPIN,
-        &restore_dropin(&plan.restore_binary, snapshot_dir, unit, None),
+        &restore_dropin(restore_binary, snapshot_dir, unit, None),
     )?;
     platform.remove_runtime_dropin(unit, HOLD_DROPIN)?;
     platform.daemon_reload()?;

@@ -284,8 +284,10 @@ impl Client {
                     Event::Owner(Some(true)) => {}
                     Event::Owner(Some(false)) => {
                         bail!(
-                            "the daemon left the bus before the update completed \
-                             (see `journalctl -u seamless-reboot.service`); last step: {operation}"
+                            "the daemon left the bus before the update completed; last step: \
+                             {operation}. systemd starts it again, and it then undoes what the \
+                             update left half done (see `journalctl -u seamless-reboot.service`; \
+                             `seamless-reboot recover` does the same by hand)"
                         )
                     }
                     Event::Completed(None) | Event::Changed(None) | Event::Owner(None) => {

@@ -21,6 +21,15 @@
 //! bound, and its `KillMode=mixed` keeps systemd's SIGTERM away from the
 //! CRIU worker the daemon is waiting for.
 //!
+//! # After a crash
+//!
+//! A daemon that died mid-update (a crash, the OOM killer, a SIGKILL) left
+//! its undo journal in the transaction directory; systemd restarts it
+//! (`Restart=on-failure`), and before it takes its bus name it replays every
+//! journal of this boot (`seamless_reboot_core::transaction::recover`), so
+//! the units it had checkpointed run again and nothing it changed stays
+//! behind. `seamless-reboot recover` does the same by hand.
+//!
 //! # Idle exit
 //!
 //! With nothing running, no failure waiting to be read from `LastError`,
@@ -34,6 +43,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use seamless_reboot_config::Config;
+use seamless_reboot_core::platform::LinuxPlatform;
+use seamless_reboot_core::transaction;
 use seamless_reboot_dbus::auth::PolkitAuthorizer;
 use seamless_reboot_dbus::interface::serve;
 use seamless_reboot_dbus::service::Phase;
@@ -80,6 +92,8 @@ pub fn run_daemon() -> Result<()> {
     let mut signals =
         Signals::new([SIGTERM, SIGINT]).context("cannot install the SIGTERM/SIGINT handlers")?;
     let restore_binary = std::env::current_exe().context("cannot find this program's own path")?;
+    // Before the name is taken: no Start may run beside a replay.
+    recover_dead_updates();
     // polkit and the bus are asked over a connection of their own; the
     // served one is made by `serve`, name and object together.
     let asking = zbus::block_on(zbus::connection::Builder::system().build())
@@ -129,6 +143,36 @@ pub fn run_daemon() -> Result<()> {
         tracing::warn!("cannot release {BUS_NAME}: {e}");
     }
     Ok(())
+}
+
+/// Replays what updates of this boot left undone when their daemon died
+/// (see the module documentation), and logs what it did.
+fn recover_dead_updates() {
+    let config = match Config::load() {
+        Ok(loaded) => loaded.config,
+        Err(e) => {
+            tracing::error!(
+                "cannot read the configuration, so no unfinished update is looked for: {e:#}"
+            );
+            return;
+        }
+    };
+    let platform = LinuxPlatform::new(config.timeouts.checkpoint());
+    match transaction::recover(&platform, &config.image_dir) {
+        Ok(recovered) => {
+            for recovery in recovered {
+                if recovery.is_failure() {
+                    tracing::error!("{recovery}");
+                } else {
+                    tracing::warn!("{recovery}");
+                }
+            }
+        }
+        Err(e) => tracing::error!(
+            "cannot look for unfinished updates in {}: {e:#}",
+            config.image_dir.display()
+        ),
+    }
 }
 
 /// Stops: no new `Start`, and the running transaction, if any, ends by

@@ -9,12 +9,14 @@
 //! Internal commands: `daemon` (run by `seamless-reboot.service`), and, run
 //! by the units the generator writes, `hold TRANSACTION_DIR`,
 //! `restore-unit SNAPSHOT_DIR UNIT`, `release-unit SNAPSHOT_DIR UNIT` and
-//! `finish-restore TRANSACTION_DIR`.
+//! `finish-restore TRANSACTION_DIR`; and, run by the unit the transaction
+//! starts at the hand-over, `watch-kexec TRANSACTION_DIR`.
 
 mod daemon;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use seamless_reboot_config::{Config, HoldMode};
@@ -22,7 +24,8 @@ use seamless_reboot_core::kexec::cmdline::{MARKER_KEY, param_key, split_cmdline}
 use seamless_reboot_core::manifest::{Manifest, read_boot_id, read_kernel_release, read_outcomes};
 use seamless_reboot_core::nextboot::hold::{self, HoldSettings, PacketHold};
 use seamless_reboot_core::nextboot::{self, RestoreSettings};
-use seamless_reboot_core::transaction::UpdateRequest;
+use seamless_reboot_core::platform::LinuxPlatform;
+use seamless_reboot_core::transaction::{self, KexecWatch, UpdateRequest};
 use seamless_reboot_dbus::proxy::Client;
 
 const USAGE: &str = "usage:
@@ -31,7 +34,10 @@ const USAGE: &str = "usage:
       connections, kexec into the kernel, restore them in the next boot.
       --check only plans and prints the problems; --yes skips the confirmation.
   seamless-reboot status [--json]
-      what the last update did to each unit.";
+      what the last update did to each unit.
+  seamless-reboot recover
+      undo what an update of this boot left half done because its daemon died
+      or systemd did not kexec (the daemon does this itself when it starts).";
 
 fn main() -> ExitCode {
     let mut args = std::env::args();
@@ -66,6 +72,12 @@ fn main() -> ExitCode {
 fn dispatch(args: &[String]) -> Result<ExitCode> {
     match args.first().map(String::as_str) {
         Some("status") => status(&args[1..]),
+        Some("recover") => {
+            let [] = &args[1..] else {
+                bail!("usage: seamless-reboot recover")
+            };
+            recover()
+        }
         Some("daemon") => {
             let [] = &args[1..] else {
                 bail!("usage: seamless-reboot daemon")
@@ -104,6 +116,12 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
             };
             nextboot::restore_unit(Path::new(dir), unit, &settings)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Some("watch-kexec") => {
+            let [dir] = &args[1..] else {
+                bail!("usage: seamless-reboot watch-kexec TRANSACTION_DIR")
+            };
+            watch_kexec(Path::new(dir))
         }
         Some("finish-restore") => {
             let [dir] = &args[1..] else {
@@ -299,6 +317,57 @@ fn status(args: &[String]) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `watch-kexec`, run in the unit the transaction starts right before the
+/// hand-over: undoes the update if systemd does not kexec.
+fn watch_kexec(transaction_dir: &Path) -> Result<ExitCode> {
+    // Watching with the defaults beats not watching.
+    let config = Config::load().map(|l| l.config).unwrap_or_else(|e| {
+        eprintln!("seamless-reboot watch-kexec: {e:#}; using the default configuration");
+        Config::default()
+    });
+    let platform = LinuxPlatform::new(config.timeouts.checkpoint());
+    let watch = KexecWatch {
+        poll: Duration::from_millis(500),
+        settle: Duration::from_secs(5),
+        appear: config.timeouts.kexec(),
+    };
+    match transaction::watch_kexec(&platform, transaction_dir, watch)? {
+        None => {
+            println!("the update was undone by its daemon; nothing to watch");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(recovery) if recovery.is_failure() => {
+            eprintln!("seamless-reboot: {recovery}");
+            Ok(ExitCode::FAILURE)
+        }
+        Some(recovery) => {
+            eprintln!("seamless-reboot: {recovery}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `recover`: replays the undo journals of this boot's unfinished updates.
+fn recover() -> Result<ExitCode> {
+    let config = Config::load()?.config;
+    let platform = LinuxPlatform::new(config.timeouts.checkpoint());
+    let recovered = transaction::recover(&platform, &config.image_dir)?;
+    if recovered.is_empty() {
+        println!("nothing to recover: no update of this boot was left half done");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut failed = false;
+    for recovery in &recovered {
+        failed |= recovery.is_failure();
+        println!("{recovery}");
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// The most recent transaction directory (ids start with the time in ms).

@@ -57,6 +57,12 @@ struct FakePlatform {
     /// Units whose start fails while their restore drop-in is in place
     /// (a failed restore), though their own command would start.
     failing_restore: Vec<String>,
+    /// Whether systemd has a kexec job now.
+    kexec_job: std::cell::Cell<bool>,
+    /// What the next answers about the kexec job are (then `kexec_job`).
+    kexec_jobs: RefCell<Vec<bool>>,
+    /// Units with the guard drop-in (a start of their own is skipped).
+    guarded: RefCell<Vec<String>>,
 }
 
 impl FakePlatform {
@@ -145,11 +151,17 @@ impl Platform for FakePlatform {
                 .push((unit.to_string(), PathBuf::from(dir)));
             self.restoring.borrow_mut().push(unit.to_string());
         }
+        if text.contains("ExecCondition=") {
+            self.guarded.borrow_mut().push(unit.to_string());
+        }
         self.record(format!("dropin+ {unit} {name}"))
     }
     fn remove_runtime_dropin(&self, unit: &str, name: &str) -> Result<()> {
         if name == RESTORE_DROPIN {
             self.restoring.borrow_mut().retain(|u| u != unit);
+        }
+        if name == HOLD_DROPIN {
+            self.guarded.borrow_mut().retain(|u| u != unit);
         }
         self.record(format!("dropin- {unit} {name}"))
     }
@@ -159,6 +171,11 @@ impl Platform for FakePlatform {
     fn start_unit(&self, unit: &str) -> Result<()> {
         self.record(format!("start {unit}"))?;
         if !self.restoring.borrow().iter().any(|u| u == unit) {
+            // Like systemd: the guard's ExecCondition= skips the start, and
+            // systemctl says nothing.
+            if self.guarded.borrow().iter().any(|u| u == unit) {
+                return Ok(());
+            }
             // The unit's own command.
             self.inactive.borrow_mut().retain(|u| u != unit);
             return Ok(());
@@ -177,6 +194,7 @@ impl Platform for FakePlatform {
         if let Some((_, table)) = self.dump_tables.borrow().iter().find(|(u, _)| u == unit) {
             self.tables.borrow_mut().retain(|t| t != table);
         }
+        self.inactive.borrow_mut().retain(|u| u != unit);
         Ok(())
     }
     fn nft_tables(&self) -> Result<Vec<String>> {
@@ -227,6 +245,8 @@ impl Platform for FakePlatform {
             std::fs::write(images_dir.join(PSTREE_IMAGE), encode_process_tree(&tree))?;
         }
         std::fs::write(images_dir.join("dump.log"), "criu said things")?;
+        // The dump ends the tree: systemd sees the unit's processes die.
+        self.inactive.borrow_mut().push(unit.clone());
         let n = self.dump_tables.borrow().len();
         self.tables.borrow_mut().push(format!("CRIU-{n}"));
         self.dump_tables
@@ -244,6 +264,18 @@ impl Platform for FakePlatform {
     }
     fn kexec(&self) -> Result<()> {
         self.record("kexec".into())
+    }
+    fn kexec_pending(&self) -> Result<bool> {
+        self.record("kexec-pending?".into())?;
+        let mut script = self.kexec_jobs.borrow_mut();
+        if !script.is_empty() {
+            self.kexec_job.set(script.remove(0));
+        }
+        Ok(self.kexec_job.get())
+    }
+    fn start_kexec_watch(&self, dir: &Path, _: &Path) -> Result<()> {
+        let id = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        self.record(format!("kexec-watch {}", id.unwrap_or_default()))
     }
 }
 
@@ -346,6 +378,7 @@ fn happy_path_runs_in_order_and_ends_with_kexec() {
             "daemon-reload",
             "dump a.service",
             "dump b.service",
+            "kexec-watch t1-1",
             "kexec",
         ]
     );
@@ -474,9 +507,15 @@ fn a_unit_a_failed_checkpoint_took_down_is_started_again_and_criu_leftovers_remo
     let after_failure = platform.calls_after("dump b.service");
     // b first (the last step done), while a's snapshot and lock table stay
     // for its in-place restore; then a.
+    // Its guard comes off first: with it, systemd would skip the start.
     assert_eq!(
-        after_failure[..2],
-        ["nft-delete CRIU-b.service", "start b.service"]
+        after_failure[..4],
+        [
+            "nft-delete CRIU-b.service",
+            &format!("dropin- b.service {HOLD_DROPIN}"),
+            "daemon-reload",
+            "start b.service"
+        ]
     );
     assert!(
         after_failure.contains(&"start a.service".to_string()),
@@ -556,7 +595,8 @@ fn a_unit_that_cannot_come_back_is_reported_and_its_snapshot_kept() {
     let plan = plan_for(tmp.path(), &platform, &["a.service", "b.service"]);
     let (_, mut progress) = steps();
     let err = run(&platform, &plan, &mut progress).expect_err("fails");
-    assert_eq!(err.rollback_errors.len(), 1, "{err}");
+    // Its in-place restore, then the start its checkpoint's own undo tries.
+    assert_eq!(err.rollback_errors.len(), 2, "{err}");
     let text = format!("{err}");
     assert!(text.contains("undoing it failed"), "{text}");
     assert!(
@@ -1068,5 +1108,375 @@ fn the_sandbox_the_restore_builds_again_is_summed_up_for_the_operator() {
     assert_eq!(
         sandbox_summary(&unit).as_deref(),
         Some("its own mount (private /tmp and /var/tmp) namespace")
+    );
+}
+
+/// The transaction as a daemon killed at `dump <unit>` leaves it: every step
+/// before done, its undo on disk, nothing undone.
+fn killed_at(platform: &FakePlatform, plan: &Plan) -> Vec<String> {
+    let mut undo = UndoLog::create(
+        &plan.transaction_dir,
+        &plan.transaction_id,
+        &plan.source_boot_id,
+        &plan.restore_binary,
+    )
+    .expect("journal");
+    let (_, mut progress) = steps();
+    forward(platform, plan, &mut progress, &mut undo).expect_err("killed");
+    drop(undo);
+    platform.calls()
+}
+
+fn image_dir(plan: &Plan) -> &Path {
+    plan.transaction_dir.parent().expect("image dir")
+}
+
+#[test]
+fn the_undo_journal_follows_every_step_and_stays_after_the_handover() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let platform = FakePlatform::default();
+    let plan = plan_for(tmp.path(), &platform, &["a.service", "b.service"]);
+    let (_, mut progress) = steps();
+    run(&platform, &plan, &mut progress).expect("succeeds");
+    let text = std::fs::read_to_string(plan.transaction_dir.join(journal::JOURNAL_FILE))
+        .expect("journal kept after the hand-over");
+    let journal: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(journal["handed_over"], true, "{text}");
+    assert_eq!(journal["boot_id"], "boot-a");
+    let steps: Vec<String> = journal["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}",
+                s["step"].as_str().unwrap_or(""),
+                s["unit"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "remove-dir ",
+            "unload-kernel ",
+            "remove-dropin a.service",
+            "remove-dropin b.service",
+            "remove-dropin nftables.service",
+            "keep-running a.service",
+            "restore-in-place a.service",
+            "keep-running b.service",
+            "restore-in-place b.service",
+        ]
+    );
+}
+
+/// The daemon killed while CRIU dumps the second unit: a replay of its
+/// journal does what its rollback would have done, and leaves no journal.
+#[test]
+fn a_transaction_whose_daemon_died_is_undone_by_replaying_its_journal() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let platform = FakePlatform::failing(&["dump b.service"]);
+    let plan = plan_for(tmp.path(), &platform, &["a.service", "b.service"]);
+    let before = killed_at(&platform, &plan);
+    assert_eq!(before.last().map(String::as_str), Some("dump b.service"));
+    assert!(plan.transaction_dir.join(journal::JOURNAL_FILE).exists());
+
+    let recovered = recover(&platform, image_dir(&plan)).expect("recover");
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    let text = recovered[0].to_string();
+    assert!(!recovered[0].is_failure(), "{text}");
+    assert!(
+        text.contains("its daemon stopped before it finished"),
+        "{text}"
+    );
+    assert!(text.contains("everything was undone"), "{text}");
+    let replay = platform.calls_after("dump b.service");
+    assert_eq!(
+        replay,
+        vec![
+            "kexec-pending?",
+            // b is still running (its dump never finished); a is restored
+            // in place from its snapshot.
+            &format!("dropin+ a.service {RESTORE_DROPIN}") as &str,
+            &format!("dropin- a.service {HOLD_DROPIN}"),
+            "daemon-reload",
+            "start a.service",
+            &format!("dropin- a.service {RESTORE_DROPIN}"),
+            "daemon-reload",
+            &format!("dropin- nftables.service {HOLD_DROPIN}"),
+            &format!("dropin- b.service {HOLD_DROPIN}"),
+            &format!("dropin- a.service {HOLD_DROPIN}"),
+            "unload-kernel",
+            "daemon-reload",
+        ]
+    );
+    assert!(
+        walk(&plan.transaction_dir)
+            .iter()
+            .all(|p| p.extension().is_some_and(|e| e == "log")),
+        "only CRIU's logs are left: {:?}",
+        walk(&plan.transaction_dir)
+    );
+    // Replayed once: a second recovery finds nothing.
+    assert!(
+        recover(&platform, image_dir(&plan))
+            .expect("again")
+            .is_empty()
+    );
+}
+
+#[test]
+fn nothing_is_replayed_while_systemd_kexecs() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let platform = FakePlatform::default();
+    let plan = plan_for(tmp.path(), &platform, &["a.service"]);
+    let (_, mut progress) = steps();
+    run(&platform, &plan, &mut progress).expect("handed over");
+    platform.kexec_job.set(true);
+    assert!(
+        recover(&platform, image_dir(&plan))
+            .expect("recover")
+            .is_empty()
+    );
+    assert_eq!(platform.calls_after("kexec"), vec!["kexec-pending?"]);
+    assert!(plan.transaction_dir.join(journal::JOURNAL_FILE).exists());
+
+    // The kexec job gone and the machine still up: the hand-over failed.
+    platform.kexec_job.set(false);
+    let recovered = recover(&platform, image_dir(&plan)).expect("recover");
+    let text = recovered[0].to_string();
+    assert!(
+        text.contains("it had handed over to systemd, but the kexec job ended without a kexec"),
+        "{text}"
+    );
+    assert!(
+        platform
+            .calls_after("kexec")
+            .contains(&"start a.service".to_string())
+    );
+    assert!(
+        platform
+            .calls()
+            .ends_with(&["unload-kernel".to_string(), "daemon-reload".to_string()])
+    );
+}
+
+#[test]
+fn a_journal_of_an_earlier_boot_is_removed_unread() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let platform = FakePlatform::default();
+    let mut plan = plan_for(tmp.path(), &platform, &["a.service"]);
+    plan.source_boot_id = "boot-before".into();
+    let (_, mut progress) = steps();
+    run(&platform, &plan, &mut progress).expect("handed over");
+    let recovered = recover(&platform, image_dir(&plan)).expect("recover");
+    assert!(
+        matches!(recovered[..], [Recovery::Stale { .. }]),
+        "{recovered:?}"
+    );
+    assert_eq!(platform.calls_after("kexec"), vec!["kexec-pending?"]);
+    assert!(!plan.transaction_dir.join(journal::JOURNAL_FILE).exists());
+    assert!(
+        crate::manifest::Manifest::read_from(&plan.transaction_dir).is_ok(),
+        "the snapshot itself is the next boot's business"
+    );
+}
+
+#[test]
+fn a_running_transactions_journal_is_left_to_it() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let platform = FakePlatform::default();
+    let plan = plan_for(tmp.path(), &platform, &["a.service"]);
+    let _running = UndoLog::create(
+        &plan.transaction_dir,
+        &plan.transaction_id,
+        &plan.source_boot_id,
+        &plan.restore_binary,
+    )
+    .expect("journal");
+    let recovered = recover(&platform, image_dir(&plan)).expect("recover");
+    assert!(
+        matches!(recovered[..], [Recovery::InUse { .. }]),
+        "{recovered:?}"
+    );
+    assert_eq!(platform.calls(), vec!["kexec-pending?"]);
+    assert!(
+        UndoLog::create(
+            &plan.transaction_dir,
+            &plan.transaction_id,
+            &plan.source_boot_id,
+            &plan.restore_binary,
+        )
+        .is_err(),
+        "a second transaction cannot take the same directory"
+    );
+}
+
+#[test]
+fn a_journal_naming_paths_outside_its_directory_or_garbled_is_not_replayed() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let platform = FakePlatform::default();
+    let plan = plan_for(tmp.path(), &platform, &["a.service"]);
+    let journal_path = plan.transaction_dir.join(journal::JOURNAL_FILE);
+    drop(
+        UndoLog::create(
+            &plan.transaction_dir,
+            &plan.transaction_id,
+            &plan.source_boot_id,
+            &plan.restore_binary,
+        )
+        .expect("journal"),
+    );
+    let text = std::fs::read_to_string(&journal_path).expect("journal");
+    let outside = text.replace(
+        &plan.transaction_dir.display().to_string(),
+        &tmp.path().display().to_string(),
+    );
+    std::fs::write(&journal_path, outside).expect("write");
+    let recovered = recover(&platform, image_dir(&plan)).expect("recover");
+    assert!(recovered[0].is_failure(), "{recovered:?}");
+    assert!(
+        recovered[0]
+            .to_string()
+            .contains("outside its transaction directory"),
+        "{}",
+        recovered[0]
+    );
+    std::fs::write(&journal_path, "{\"format_version\": 1").expect("write");
+    let recovered = recover(&platform, image_dir(&plan)).expect("recover");
+    assert!(
+        recovered[0].to_string().contains("is not an undo journal"),
+        "{}",
+        recovered[0]
+    );
+    assert!(tmp.path().exists(), "nothing was removed");
+    assert!(journal_path.exists(), "the journal stays for the operator");
+}
+
+fn quick_watch() -> KexecWatch {
+    KexecWatch {
+        poll: Duration::from_millis(1),
+        settle: Duration::from_millis(20),
+        appear: Duration::from_millis(50),
+    }
+}
+
+/// systemd takes the kexec job, then drops it without a kexec: the watcher
+/// replays the journal once the job has stayed gone for a while, and only
+/// then.
+#[test]
+fn a_kexec_job_that_ends_without_a_kexec_has_the_watcher_undo_the_update() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let platform = FakePlatform::default();
+    let plan = plan_for(tmp.path(), &platform, &["a.service"]);
+    let (_, mut progress) = steps();
+    run(&platform, &plan, &mut progress).expect("handed over");
+    // Not there yet, there for a while, gone once, back (a job being
+    // replaced), then gone for good.
+    *platform.kexec_jobs.borrow_mut() = vec![false, true, true, true, false, true, true, false];
+    let recovery = watch_kexec(&platform, &plan.transaction_dir, quick_watch())
+        .expect("watch")
+        .expect("replayed");
+    assert!(!recovery.is_failure(), "{recovery}");
+    assert!(
+        recovery
+            .to_string()
+            .contains("it had handed over to systemd, but the kexec job ended without a kexec"),
+        "{recovery}"
+    );
+    let after = platform.calls_after("kexec");
+    let first_restore = after
+        .iter()
+        .position(|c| c == "start a.service")
+        .expect("a.service restored in place");
+    assert!(
+        after[..first_restore]
+            .iter()
+            .filter(|c| *c == "kexec-pending?")
+            .count()
+            > 7,
+        "the job stayed gone for a while first: {after:?}"
+    );
+    assert!(!plan.transaction_dir.join(journal::JOURNAL_FILE).exists());
+}
+
+/// The kexec job never shows up (systemctl said yes, then nothing): the
+/// watcher undoes the update once `appear` has passed.
+#[test]
+fn a_kexec_job_that_never_appears_has_the_watcher_undo_the_update() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let platform = FakePlatform::default();
+    let plan = plan_for(tmp.path(), &platform, &["a.service"]);
+    let (_, mut progress) = steps();
+    run(&platform, &plan, &mut progress).expect("handed over");
+    let started = std::time::Instant::now();
+    let recovery = watch_kexec(&platform, &plan.transaction_dir, quick_watch())
+        .expect("watch")
+        .expect("replayed");
+    assert!(started.elapsed() >= quick_watch().appear);
+    assert!(!recovery.is_failure(), "{recovery}");
+    assert!(
+        platform
+            .calls()
+            .ends_with(&["unload-kernel".to_string(), "daemon-reload".to_string()])
+    );
+}
+
+/// The hand-over failed in the daemon, which undid everything itself: the
+/// watcher finds no journal and leaves.
+#[test]
+fn the_watcher_leaves_when_the_daemon_undid_the_update_itself() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let platform = FakePlatform::failing(&["kexec"]);
+    let plan = plan_for(tmp.path(), &platform, &["a.service"]);
+    let (_, mut progress) = steps();
+    run(&platform, &plan, &mut progress).expect_err("hand-over refused");
+    let calls = platform.calls().len();
+    let recovery = watch_kexec(&platform, &plan.transaction_dir, quick_watch()).expect("watch");
+    assert!(recovery.is_none(), "{recovery:?}");
+    assert_eq!(platform.calls().len(), calls, "nothing more was done");
+}
+
+/// Something started a checkpointed unit afresh (its guard taken off by
+/// hand, say) before the undo: the undo says its state was thrown away and
+/// keeps the snapshot, rather than calling the running unit restored.
+#[test]
+fn a_unit_started_afresh_while_checkpointed_is_reported_not_restored() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let platform = FakePlatform::failing(&["kexec"]);
+    let plan = plan_for(tmp.path(), &platform, &["a.service"]);
+    let mut undo = UndoLog::create(
+        &plan.transaction_dir,
+        &plan.transaction_id,
+        &plan.source_boot_id,
+        &plan.restore_binary,
+    )
+    .expect("journal");
+    let (_, mut progress) = steps();
+    forward(&platform, &plan, &mut progress, &mut undo).expect_err("hand-over refused");
+    platform.inactive.borrow_mut().clear();
+    let errors = rollback(&platform, &mut undo);
+    let text: Vec<String> = errors.iter().map(|e| format!("{e:#}")).collect();
+    assert_eq!(errors.len(), 1, "{text:?}");
+    assert!(
+        text[0].contains(
+            "a.service was started afresh by something else while it was checkpointed (main pid \
+             100); its checkpointed state is not used"
+        ),
+        "{text:?}"
+    );
+    assert!(
+        !platform
+            .calls_after("kexec")
+            .contains(&format!("dropin+ a.service {RESTORE_DROPIN}")),
+        "no restore over the running unit"
+    );
+    assert!(
+        plan.transaction_dir
+            .join("unit-a.service")
+            .join(UNIT_SNAPSHOT_FILE)
+            .exists(),
+        "the snapshot is kept"
     );
 }
