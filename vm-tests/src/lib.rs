@@ -6,10 +6,11 @@
 //! under QEMU ([`vm`]), installs this workspace's binaries into that fresh
 //! layer ([`layer`]), drives it over ssh ([`guest`]) and measures live TCP
 //! clients on the host ([`clients`], [`traffic`]) while the guest kexecs.
-//! Each scenario ([`scenario`]) writes a JSON report ([`report`]).
+//! Each scenario ([`scenario`], [`faults`]) writes a JSON report ([`report`]).
 
 pub mod clients;
 pub mod debian_clients;
+pub mod faults;
 pub mod guest;
 pub mod image;
 pub mod layer;

@@ -687,7 +687,9 @@ fn pid_collision_steps(session: &mut Session<'_>) -> Result<()> {
 /// first unit's connections survive with nothing lost, no kernel stays
 /// loaded, and no drop-in or lock rule is left behind. Before that, dry runs
 /// refuse units the plan knows CRIU cannot checkpoint: a process outside
-/// the main process's tree, a user or network namespace, an io_uring.
+/// the main process's tree, a user or network namespace, an io_uring. After
+/// it, in the same guest, the faults of [`crate::faults`]: the daemon
+/// killed mid-update, and the kexec job cancelled after the hand-over.
 pub fn failed_checkpoint(lab: &Lab) -> Result<ScenarioReport> {
     lab.run_scenario(
         "failed-checkpoint",
@@ -912,7 +914,9 @@ fn failed_checkpoint_steps(session: &mut Session<'_>) -> Result<()> {
         );
         report.timing(&format!("{}_blackout_s", client.name), r.max_gap_s);
     }
-    Ok(())
+    // The same guest serves the faults past the checkpoints.
+    crate::faults::daemon_killed_mid_update(session)?;
+    crate::faults::kexec_job_cancelled(session)
 }
 
 /// A stock Debian unit the product cannot preserve (redis: its packaged
@@ -1500,7 +1504,7 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
         },
     );
     // The services' memory does not stay on disk once they are back (the
-    // finishing unit wipes it last).
+    // finishing unit wipes it last), nor the old boot's undo journal.
     let mut images_left = String::new();
     let wiped = poll(
         "the images to be wiped",
@@ -1508,7 +1512,7 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
         Duration::from_secs(1),
         || {
             images_left = guest.sh(
-                "find /var/lib/seamless-reboot/images -path '*/unit-*/images/*' -type f ! -name '*.log'",
+                "find /var/lib/seamless-reboot/images \\( -path '*/unit-*/images/*' -type f ! -name '*.log' \\) -o -name undo.json",
             )?;
             Ok(images_left.trim().is_empty().then_some(()))
         },
@@ -1642,7 +1646,7 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
         format!("{handed_back:?}"),
     );
     report.check(
-        "the images are wiped once the units are back (only CRIU's logs remain)",
+        "the images and the old boot's undo journal are gone once the units are back (only CRIU's logs remain)",
         wiped.is_ok(),
         match &wiped {
             Ok(()) => "no image file left".to_string(),
