@@ -244,6 +244,13 @@ pub fn tables_in_rules(text: &str) -> Vec<String> {
 pub struct RestoreSettings {
     pub disable_window_scaling: bool,
     pub criu_timeout: std::time::Duration,
+    /// An undo's restore on the kernel the snapshot was taken on, not the
+    /// next boot's: its outcome record serves nothing afterwards (the undo
+    /// removes the transaction directory), so failing to write it, as in
+    /// an image store that filled up, does not fail a restore that worked.
+    /// In the next boot the record is what keeps a later start of the unit
+    /// from restoring the same snapshot twice, so there it must be written.
+    pub in_place: bool,
 }
 
 /// The restore helper, run by systemd (privileged) as the unit's forking
@@ -284,14 +291,24 @@ pub fn restore_unit(snapshot_dir: &Path, unit: &str, settings: &RestoreSettings)
             if let Some(own) = &snapshot.pid_file {
                 write_pid_file(Path::new(own), pid)?;
             }
-            record(
+            let recorded = record(
                 transaction_dir,
                 unit,
                 OutcomeKind::Restored,
                 format!("restored pid {pid}"),
                 started,
                 &snapshot,
-            )
+            );
+            match recorded {
+                Err(e) if settings.in_place => {
+                    tracing::warn!(
+                        "{unit}: restored in place as pid {pid}; its outcome could not be \
+                         recorded: {e:#}"
+                    );
+                    Ok(())
+                }
+                recorded => recorded,
+            }
         }
         Err(error) => {
             // Recorded before the start fails, so that the reload leaves

@@ -804,8 +804,12 @@ pub(crate) fn rollback(platform: &dyn Platform, undo: &mut UndoLog) -> Vec<anyho
             errors.push(e.context(format!("undo {step:?}")));
             undo.set_keep_snapshot();
         }
+        // The journal only matters if this process dies before the end; a
+        // stale one left then is harmless to replay (every step checks
+        // first), and the last step removes it. So a journal that cannot be
+        // updated (a full image store) does not stop the undo.
         if let Err(e) = undo.pop() {
-            errors.push(e);
+            tracing::warn!("{e:#}; undoing goes on without it");
             undo.stop_journal();
         }
     }
@@ -929,8 +933,10 @@ pub fn restore_dropin(
     if let Some(after) = after {
         text.push_str(&format!("[Unit]\nAfter={after}\nWants={after}\n\n"));
     }
+    // Without `after`, the restore is an undo's, in place on this kernel.
+    let in_place = if after.is_none() { " --in-place" } else { "" };
     text.push_str(&format!(
-        "[Service]\nType=forking\nPIDFile={}\nExecStart=\nExecStart=+{} restore-unit {} {}\nRestart=no\nTimeoutStartSec=300\n",
+        "[Service]\nType=forking\nPIDFile={}\nExecStart=\nExecStart=+{} restore-unit{in_place} {} {}\nRestart=no\nTimeoutStartSec=300\n",
         pid_file(unit).display(),
         binary.display(),
         snapshot_dir.display(),

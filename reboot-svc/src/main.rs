@@ -106,13 +106,16 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Some("restore-unit") => {
-            let [dir, unit] = &args[1..] else {
-                bail!("usage: seamless-reboot restore-unit SNAPSHOT_DIR UNIT")
+            let (in_place, dir, unit) = match &args[1..] {
+                [flag, dir, unit] if flag == "--in-place" => (true, dir, unit),
+                [dir, unit] => (false, dir, unit),
+                _ => bail!("usage: seamless-reboot restore-unit [--in-place] SNAPSHOT_DIR UNIT"),
             };
             let config = Config::load()?.config;
             let settings = RestoreSettings {
                 disable_window_scaling: config.network.disable_window_scaling_during_restore,
                 criu_timeout: config.timeouts.restore(),
+                in_place,
             };
             nextboot::restore_unit(Path::new(dir), unit, &settings)?;
             Ok(ExitCode::SUCCESS)
