@@ -1,6 +1,6 @@
-//! Faults after the point where an update can no longer simply fail: the
-//! daemon dies mid-update, and systemd drops the kexec job after the
-//! hand-over. Each runs in the failed-checkpoint scenario's guest, after
+//! Faults an update cannot simply report and stop at: the image store
+//! fills up mid-update, the daemon dies mid-update, and systemd drops the
+//! kexec job after the hand-over. Each runs in the failed-checkpoint scenario's guest, after
 //! its own fault (one boot serves them all), with a client of the lab
 //! service on the line: the units must run again with their state, from
 //! the undo journal on disk, and nothing of the update may stay behind.
@@ -283,5 +283,85 @@ pub fn kexec_job_cancelled(session: &mut Session<'_>) -> Result<()> {
         session,
         "lines-kexec-cancelled",
         "kexec cancelled: the lab service's connection survived with nothing lost",
+    )
+}
+
+/// The image store fills up mid-update: the store is a small tmpfs here,
+/// which passes the plan's free-space check, and another process fills it
+/// as soon as the first unit's checkpoint is on it. Expected: the update
+/// fails on the second unit (its undo journal entry or its images cannot be
+/// written), says so, and is undone in full though nothing more can be
+/// written to the store: the first unit restored in place (same pid,
+/// connection intact), the second running, nothing left behind.
+pub fn image_store_full(session: &mut Session<'_>) -> Result<()> {
+    const STORE: &str = "/var/lib/seamless-reboot/images";
+    let kernel_b = session.lab.kernel_b().clone();
+    let guest = session.guest().clone();
+    guest.sh(&format!(
+        "mount -t tmpfs -o size=64m,mode=0700 lab-small-store {STORE} && systemctl start lab-blocker.service"
+    ))?;
+    let (_, service_pid) = unit_main_pid(&guest, "lab-service.service")?;
+    let (_, blocker_pid) = unit_main_pid(&guest, "lab-blocker.service")?;
+    start_lines_client(session, "lines-store-full")?;
+    let update = guest.run(
+        &format!(
+            "rm -f /run/lab-filled-store; \
+             (for i in $(seq 6000); do \
+                if ls {STORE}/*/unit-lab-service.service/unit.json >/dev/null 2>&1; then \
+                  dd if=/dev/zero of={STORE}/lab-filler bs=1M 2>/dev/null; \
+                  df --output=avail -B1 {STORE} | tail -1 > /run/lab-filled-store; \
+                  break; \
+                fi; \
+                sleep 0.01; \
+              done) & \
+             seamless-reboot --kernel /boot/{} --unit lab-service.service --unit lab-blocker.service --yes; \
+             status=$?; wait; exit $status",
+            kernel_b.vmlinuz
+        ),
+        Duration::from_secs(300),
+    )?;
+    let output = update.output();
+    std::fs::write(session.vm.run_dir.join("update-store-full.log"), &output)?;
+    let filled = guest.sh("cat /run/lab-filled-store 2>/dev/null || true")?;
+    let (service_state, service_pid_after) = unit_main_pid(&guest, "lab-service.service")?;
+    let (blocker_state, blocker_pid_after) = unit_main_pid(&guest, "lab-blocker.service")?;
+    let left = leftovers(&guest)?;
+    guest.sh(&format!(
+        "systemctl stop lab-blocker.service; rm -f {STORE}/lab-filler; umount {STORE}"
+    ))?;
+
+    let report = &mut session.report;
+    report.check(
+        "store full: the fault happened (the store filled once the first unit was checkpointed)",
+        filled.trim() == "0",
+        format!("bytes left in the store: {}", filled.trim()),
+    );
+    let blocker_restarted = output.contains("lab-blocker.service was");
+    report.check(
+        "store full: the update failed, naming the full store, and was undone",
+        !update.status.success()
+            && output.contains("No space left on device")
+            && (output.contains("everything was undone") || blocker_restarted),
+        crate::process::tail(&output, 3).trim().to_string(),
+    );
+    report.check(
+        "store full: the first unit restored in place with its old main pid, the second running",
+        service_state == "active"
+            && service_pid_after == service_pid
+            && blocker_state == "active"
+            && (blocker_pid_after == blocker_pid || blocker_restarted),
+        format!(
+            "lab-service {service_state} {service_pid} -> {service_pid_after}, lab-blocker {blocker_state} {blocker_pid} -> {blocker_pid_after}"
+        ),
+    );
+    report.check(
+        "store full: no kernel, drop-in, lock table or undo journal left",
+        nothing_left(&left),
+        left.trim().to_string(),
+    );
+    check_client(
+        session,
+        "lines-store-full",
+        "store full: the lab service's connection survived with nothing lost",
     )
 }

@@ -688,8 +688,9 @@ fn pid_collision_steps(session: &mut Session<'_>) -> Result<()> {
 /// loaded, and no drop-in or lock rule is left behind. Before that, dry runs
 /// refuse units the plan knows CRIU cannot checkpoint: a process outside
 /// the main process's tree, a user or network namespace, an io_uring. After
-/// it, in the same guest, the faults of [`crate::faults`]: the daemon
-/// killed mid-update, and the kexec job cancelled after the hand-over.
+/// it, in the same guest, the faults of [`crate::faults`]: the image store
+/// filling up mid-update, the daemon killed mid-update, and the kexec job
+/// cancelled after the hand-over.
 pub fn failed_checkpoint(lab: &Lab) -> Result<ScenarioReport> {
     lab.run_scenario(
         "failed-checkpoint",
@@ -915,6 +916,7 @@ fn failed_checkpoint_steps(session: &mut Session<'_>) -> Result<()> {
         report.timing(&format!("{}_blackout_s", client.name), r.max_gap_s);
     }
     // The same guest serves the faults past the checkpoints.
+    crate::faults::image_store_full(session)?;
     crate::faults::daemon_killed_mid_update(session)?;
     crate::faults::kexec_job_cancelled(session)
 }
@@ -1331,9 +1333,11 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
              systemctl is-active {UNPRESERVABLE_UNIT}"
         ))?;
         unpreservable_pid = unit_main_pid(session.guest(), UNPRESERVABLE_UNIT)?.1;
+        // mosquitto is named without its suffix, as an operator may: the
+        // plan resolves it to mosquitto.service, which everything after uses.
         format!(
             "{unit} --unit nginx.service --unit memcached.service --unit {UNPRESERVABLE_UNIT} \
-             --unit {} --unit mosquitto.service --unit haproxy.service",
+             --unit {} --unit mosquitto --unit haproxy.service",
             crate::services::POSTGRES_UNIT
         )
     } else {
