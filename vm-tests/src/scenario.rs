@@ -585,7 +585,11 @@ fn parse_active_and_pid(show: &str) -> (String, i32) {
 /// process could). Expected: the collision is detected, the unit cold-starts
 /// with its own command and is active, `seamless-reboot status` says
 /// cold-started and names the pid, and the clients are told promptly (their
-/// connections end with a reset or EOF instead of hanging).
+/// connections end with a reset or EOF instead of hanging). In the same
+/// kexec, a second unit (Debian's memcached) has one of its images
+/// corrupted on disk between the hand-over and the kexec: its restore
+/// refuses the snapshot (digest mismatch), it cold-starts, and `status`
+/// says why.
 pub fn pid_collision(lab: &Lab) -> Result<ScenarioReport> {
     lab.run_scenario("pid-collision", lab_service_config(), pid_collision_steps)
 }
@@ -601,10 +605,21 @@ fn pid_collision_steps(session: &mut Session<'_>) -> Result<()> {
     ))?;
     session.start_standard_clients(state.total)?;
     let old = session.guest().boot_info()?;
+    let (_, memcached_before) = unit_main_pid(session.guest(), "memcached.service")?;
+    // The second fault: once the manifest is written (the hand-over), one
+    // byte of one of memcached's images changes on disk before the kexec,
+    // from a unit the shutdown leaves alone.
+    session.guest().sh(
+        "systemd-run --quiet --unit=lab-corrupt-image.service -p DefaultDependencies=no --expand-environment=no /bin/sh -c \
+         'until ls /var/lib/seamless-reboot/images/*/manifest >/dev/null 2>&1; do sleep 0.01; done; \
+          f=$(ls /var/lib/seamless-reboot/images/*/unit-memcached.service/images/pages-*.img | head -1); \
+          printf X | dd of=$f bs=1 seek=100 conv=notrunc 2>/dev/null; sync; \
+          echo $f > /var/lib/seamless-lab/corrupted-image; sync'",
+    )?;
     // Through D-Bus, as update tooling would start it.
     let update = session.guest().run(
         &format!(
-            "busctl --timeout=150 call {DBUS_DEST} Start ssasas /boot/{} '' 0 1 {unit} && \
+            "busctl --timeout=150 call {DBUS_DEST} Start ssasas /boot/{} '' 0 2 {unit} memcached.service && \
              busctl wait {DBUS_DEST} Completed 2>/dev/null || \
              for i in $(seq 600); do busctl get-property {DBUS_DEST} Operation; sleep 0.5; done",
             kernel_b.vmlinuz
@@ -626,6 +641,23 @@ fn pid_collision_steps(session: &mut Session<'_>) -> Result<()> {
     let squatter = guest.sh("systemctl show -p MainPID --value lab-pid-squatter.service")?;
     let status = guest.sh("seamless-reboot status")?;
     std::fs::write(session.vm.run_dir.join("status.txt"), &status)?;
+    let corrupted = guest.sh("cat /var/lib/seamless-lab/corrupted-image 2>/dev/null || true")?;
+    let (memcached_state, memcached_after) = poll(
+        "memcached to be active",
+        Duration::from_secs(120),
+        Duration::from_secs(1),
+        || {
+            let (state, pid) = unit_main_pid(&guest, "memcached.service")?;
+            Ok((state == "active").then_some((state, pid)))
+        },
+    )
+    .unwrap_or_else(|e| (format!("{e:#}"), 0));
+    let memcached_status = status
+        .lines()
+        .find(|l| l.trim_start().starts_with("memcached.service:"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
     let hold_log = guest.sh("journalctl -b -u seamless-reboot-hold.service --no-pager -o cat")?;
     std::fs::write(session.vm.run_dir.join("hold.log"), &hold_log)?;
 
@@ -656,6 +688,19 @@ fn pid_collision_steps(session: &mut Session<'_>) -> Result<()> {
         "the clients were told instead of left hanging",
         ended.is_ok(),
         format!("{ended:?}"),
+    );
+    report.check(
+        "corrupt image: one of memcached's images was changed after the hand-over",
+        corrupted.contains("unit-memcached.service/images/pages-"),
+        corrupted.trim().to_string(),
+    );
+    report.check(
+        "corrupt image: memcached was not restored from it but cold-started, and status names the corrupt image",
+        memcached_state == "active"
+            && memcached_after != memcached_before
+            && memcached_status.contains("cold-started")
+            && memcached_status.contains("is corrupt"),
+        format!("memcached {memcached_state}, MainPID {memcached_before} -> {memcached_after}; {memcached_status}"),
     );
     for client in report.clients.clone() {
         let r = &client.report;
