@@ -140,6 +140,45 @@ pub fn decide(cmdline: &str, image_root: &Path, boot_id: &str, release: &str) ->
     }
 }
 
+/// For `status`, when no unit of the snapshot in `transaction_dir` has an
+/// outcome yet: why, in an operator's words, or `None` when the snapshot is
+/// this boot's to restore (its restores are under way).
+pub fn not_restored_reason(
+    transaction_dir: &Path,
+    manifest: &Manifest,
+    cmdline: &str,
+    boot_id: &str,
+    release: &str,
+) -> Option<String> {
+    if manifest.source_boot_id == boot_id {
+        return Some(format!(
+            "checkpointed in this boot for a kexec into {}, which has not happened (yet)",
+            manifest.target_kernel
+        ));
+    }
+    let image_root = transaction_dir.parent()?;
+    match decide(cmdline, image_root, boot_id, release) {
+        Decision::NoMarker => Some(format!(
+            "this boot (kernel {release}) was not started by the update's kexec: its command line \
+             has no {}= (a cold boot, or a reset after the new kernel failed to boot); its units \
+             started as in a plain boot, and this snapshot is never restored",
+            crate::kexec::cmdline::MARKER_KEY
+        )),
+        Decision::Refused(why) => Some(format!("not restored in this boot: {why}")),
+        Decision::Restore {
+            transaction_dir: restoring,
+            ..
+        } if restoring == transaction_dir => None,
+        Decision::Restore {
+            transaction_dir: restoring,
+            ..
+        } => Some(format!(
+            "this boot restores another update's snapshot ({})",
+            restoring.display()
+        )),
+    }
+}
+
 /// Writes the generator's output for `decision` into `out_dir` (the
 /// generator's "normal" directory): the hold unit, and for each unit a
 /// restore drop-in and a wants link so it starts in this boot.
@@ -899,6 +938,33 @@ mod tests {
         fs::write(&manifest, bytes).expect("write");
         let why = refused(decide(&cmdline("t1-1"), tmp.path(), BOOT_B, TARGET));
         assert!(why.contains("checksum"), "{why}");
+    }
+
+    #[test]
+    fn status_says_why_a_snapshot_was_not_restored() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = transaction(tmp.path(), "t1-1", &["a.service"]);
+        let manifest = Manifest::read_from(&dir).expect("manifest");
+        let reason = |cmdline: &str, boot: &str, release: &str| {
+            not_restored_reason(&dir, &manifest, cmdline, boot, release)
+        };
+        // A cold boot, or the reset after a kernel that did not boot.
+        let cold = reason("root=/dev/vda ro", BOOT_B, "6.12.117+deb13-amd64").expect("cold");
+        assert!(
+            cold.contains("was not started by the update's kexec")
+                && cold.contains("kernel 6.12.117+deb13-amd64")
+                && cold.contains("never restored"),
+            "{cold}"
+        );
+        // Still the boot that checkpointed it.
+        let same = reason("root=/dev/vda", BOOT_A, "6.12.117+deb13-amd64").expect("same boot");
+        assert!(same.contains("has not happened"), "{same}");
+        // The kexec, but into another kernel than planned.
+        let wrong = reason(&cmdline("t1-1"), BOOT_B, "6.1.0").expect("wrong kernel");
+        assert!(wrong.starts_with("not restored in this boot:"), "{wrong}");
+        assert!(wrong.contains(TARGET), "{wrong}");
+        // The update's own kexec: its restores are under way.
+        assert_eq!(reason(&cmdline("t1-1"), BOOT_B, TARGET), None);
     }
 
     #[test]

@@ -268,6 +268,22 @@ fn status(args: &[String]) -> Result<ExitCode> {
     // The manifest holds what the old boot measured (frozen time, kernels);
     // it is absent when a transaction was undone before writing it.
     let manifest = Manifest::read_from(&dir).ok();
+    // With nothing restored from it yet: why (a cold boot, the kexec still
+    // to come, a snapshot refused), unless this boot is restoring it now.
+    let not_restored = match &manifest {
+        Some(m) if outcomes.is_empty() => {
+            let root = Path::new("/");
+            let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+            nextboot::not_restored_reason(
+                &dir,
+                m,
+                &cmdline,
+                &read_boot_id(root)?,
+                &read_kernel_release(root)?,
+            )
+        }
+        _ => None,
+    };
     let frozen_ms = |unit: &str| {
         manifest
             .as_ref()
@@ -295,6 +311,7 @@ fn status(args: &[String]) -> Result<ExitCode> {
                 "transaction_id": manifest.as_ref().map(|m| m.transaction_id.clone()),
                 "source_kernel": manifest.as_ref().map(|m| m.source_kernel.clone()),
                 "target_kernel": manifest.as_ref().map(|m| m.target_kernel.clone()),
+                "not_restored": not_restored,
                 "units": units,
             })
         );
@@ -303,7 +320,9 @@ fn status(args: &[String]) -> Result<ExitCode> {
         if let Some(m) = &manifest {
             println!("  kernel {} -> {}", m.source_kernel, m.target_kernel);
         }
-        if outcomes.is_empty() {
+        if let Some(why) = &not_restored {
+            println!("  not restored: {why}");
+        } else if outcomes.is_empty() {
             println!("  no unit has been restored from it yet");
         }
         let ms = |v: Option<u64>| v.map_or_else(|| "unknown".to_string(), |d| format!("{d} ms"));
