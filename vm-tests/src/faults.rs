@@ -365,3 +365,86 @@ pub fn image_store_full(session: &mut Session<'_>) -> Result<()> {
         "store full: the lab service's connection survived with nothing lost",
     )
 }
+
+/// The new kernel does not come up: the update kexecs into a kernel with an
+/// initrd that unpacks to nothing, so it cannot reach its root filesystem
+/// (virtio_blk is a module) and panics; `panic=-1` on the command line
+/// reboots at once, and QEMU starts its own kernel again, as a machine's
+/// firmware would boot its default entry. Expected: the machine is back on
+/// a cold boot without the update's marker, the snapshot is not restored
+/// (the unit started afresh, as in a plain boot), and `status` says why.
+pub fn new_kernel_fails_to_boot(session: &mut Session<'_>) -> Result<()> {
+    let kernel_a = session.lab.kernel_a().clone();
+    let guest = session.guest().clone();
+    let before = guest.boot_info()?;
+    let (_, service_pid) = unit_main_pid(&guest, "lab-service.service")?;
+    guest.sh(
+        "printf '' | cpio --quiet -o -H newc > /boot/lab-empty-initrd.img && \
+         chmod 644 /boot/lab-empty-initrd.img && test -s /boot/lab-empty-initrd.img",
+    )?;
+    let console_before = std::fs::read_to_string(session.vm.run_dir.join("console.log"))
+        .unwrap_or_default()
+        .len();
+    // The kexec ends this ssh session: the command's own end is not waited for.
+    let update = guest.run(
+        &format!(
+            "seamless-reboot --kernel /boot/{} --initrd /boot/lab-empty-initrd.img \
+             --unit lab-service.service --yes",
+            kernel_a.vmlinuz
+        ),
+        Duration::from_secs(300),
+    );
+    let output = match &update {
+        Ok(finished) => finished.output(),
+        Err(e) => format!("{e:#}"),
+    };
+    std::fs::write(session.vm.run_dir.join("update-kernel-fails.log"), &output)?;
+    let back = session.back_after_kexec(&before.boot_id)?;
+    let console =
+        std::fs::read_to_string(session.vm.run_dir.join("console.log")).unwrap_or_default();
+    let panic_line = console
+        .get(console_before..)
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.contains("Kernel panic"))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let (service_pid_after, _) = session.wait_unit_active("lab-service.service")?;
+    let cmdline = guest.query("cat /proc/cmdline")?;
+    let status = guest.query("seamless-reboot status")?;
+    std::fs::write(session.vm.run_dir.join("status-kernel-fails.txt"), &status)?;
+    let dropins = guest.query(
+        "systemctl show -p DropInPaths --value lab-service.service | tr ' ' '\\n' | grep seamless || true",
+    )?;
+
+    let report = &mut session.report;
+    report.check(
+        "kernel fails to boot: the update handed over to a kernel that panicked",
+        output.contains("handing over to systemd kexec") && !panic_line.is_empty(),
+        format!(
+            "{panic_line}; the command: {}",
+            crate::process::tail(&output, 1).trim()
+        ),
+    );
+    report.check(
+        "kernel fails to boot: the machine came back by itself, on a cold boot without the update's marker",
+        back.boot_id != before.boot_id && !cmdline.contains("seamless_reboot.transaction="),
+        format!("{} on {}; cmdline {}", back.boot_id, back.kernel, cmdline.trim()),
+    );
+    report.check(
+        "kernel fails to boot: the snapshot was not restored, the unit started afresh as in a plain boot",
+        service_pid_after != service_pid && dropins.trim().is_empty(),
+        format!(
+            "lab-service active, MainPID {service_pid} -> {service_pid_after}; seamless-reboot drop-ins: {}",
+            dropins.trim()
+        ),
+    );
+    report.check(
+        "kernel fails to boot: status says the snapshot was not restored, and why",
+        status.contains("not restored: this boot")
+            && status.contains("was not started by the update's kexec"),
+        status.trim().to_string(),
+    );
+    Ok(())
+}

@@ -589,7 +589,8 @@ fn parse_active_and_pid(show: &str) -> (String, i32) {
 /// kexec, a second unit (Debian's memcached) has one of its images
 /// corrupted on disk between the hand-over and the kexec: its restore
 /// refuses the snapshot (digest mismatch), it cold-starts, and `status`
-/// says why.
+/// says why. Then, from kernel B, an update whose new kernel fails to boot
+/// ([`crate::faults::new_kernel_fails_to_boot`]).
 pub fn pid_collision(lab: &Lab) -> Result<ScenarioReport> {
     lab.run_scenario("pid-collision", lab_service_config(), pid_collision_steps)
 }
@@ -721,7 +722,9 @@ fn pid_collision_steps(session: &mut Session<'_>) -> Result<()> {
             format!("{:?}", r.broken),
         );
     }
-    Ok(())
+    // The same guest then serves the next fault: an update whose kernel
+    // does not boot.
+    crate::faults::new_kernel_fails_to_boot(session)
 }
 
 /// A failed checkpoint: `seamless-reboot` with two units, and the CRIU that
