@@ -14,6 +14,21 @@ use crate::guest::Guest;
 use crate::process::poll;
 use crate::scenario::{Session, unit_main_pid};
 
+/// A guest shell fragment that runs in the background until CRIU seizes
+/// `pid` (it becomes the process's tracer), then runs `action` at once,
+/// with `$t` the tracer's pid and `$p` the seized pid, and writes what
+/// `action` prints to `marker`. Ends with `&`: follow it with the update.
+pub(crate) fn when_criu_seizes(pid: i32, action: &str, marker: &str) -> String {
+    format!(
+        "rm -f {marker}; p={pid}; \
+         (for i in $(seq 6000); do \
+            t=$(awk '/^TracerPid:/ {{print $2}}' /proc/$p/status 2>/dev/null); \
+            if [ -n \"$t\" ] && [ \"$t\" != 0 ]; then {{ {action}; }} > {marker}; break; fi; \
+            sleep 0.01; \
+          done) &"
+    )
+}
+
 /// What an update must not leave behind once undone: a staged kernel, a
 /// drop-in, a CRIU lock table, an undo journal.
 fn leftovers(guest: &Guest) -> Result<String> {
@@ -87,18 +102,15 @@ pub fn daemon_killed_mid_update(session: &mut Session<'_>) -> Result<()> {
     let since = guest.sh("date +%s")?.trim().to_string();
     let update = guest.run(
         &format!(
-            "rm -f /run/lab-killed-daemon; \
-             (for i in $(seq 6000); do \
-                t=$(awk '/^TracerPid:/ {{print $2}}' /proc/{blocker_pid}/status 2>/dev/null); \
-                if [ -n \"$t\" ] && [ \"$t\" != 0 ]; then \
-                  d=$(systemctl show -P MainPID seamless-reboot.service); \
-                  kill -9 $d && echo \"daemon $d killed while CRIU $t dumps pid {blocker_pid}\" > /run/lab-killed-daemon; \
-                  break; \
-                fi; \
-                sleep 0.01; \
-              done) & \
+            "{} \
              seamless-reboot --kernel /boot/{} --unit lab-service.service --unit lab-blocker.service --yes; \
              status=$?; wait; exit $status",
+            when_criu_seizes(
+                blocker_pid,
+                "d=$(systemctl show -P MainPID seamless-reboot.service); \
+                 kill -9 $d && echo \"daemon $d killed while CRIU $t dumps pid $p\"",
+                "/run/lab-killed-daemon",
+            ),
             kernel_b.vmlinuz
         ),
         Duration::from_secs(300),

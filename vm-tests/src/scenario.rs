@@ -870,17 +870,14 @@ fn failed_checkpoint_steps(session: &mut Session<'_>) -> Result<()> {
     // halfway, as soon as it has seized the blocker's process (its tracer).
     let update = guest.run(
         &format!(
-            "rm -f /run/lab-killed-criu; \
-             (for i in $(seq 6000); do \
-                t=$(awk '/^TracerPid:/ {{print $2}}' /proc/{blocker_pid}/status 2>/dev/null); \
-                if [ -n \"$t\" ] && [ \"$t\" != 0 ]; then \
-                  kill -9 $t && echo \"CRIU $t killed while dumping pid {blocker_pid}\" > /run/lab-killed-criu; \
-                  break; \
-                fi; \
-                sleep 0.01; \
-              done) & \
+            "{} \
              seamless-reboot --kernel /boot/{} --unit lab-service.service --unit lab-blocker.service --yes; \
              status=$?; wait; exit $status",
+            crate::faults::when_criu_seizes(
+                blocker_pid,
+                "kill -9 $t && echo \"CRIU $t killed while dumping pid $p\"",
+                "/run/lab-killed-criu",
+            ),
             kernel_b.vmlinuz
         ),
         Duration::from_secs(300),
