@@ -13,4 +13,6 @@ pub mod netqueue;
 pub mod nextboot;
 pub mod pid_reserve;
 pub mod platform;
+#[cfg(test)]
+mod proptests;
 pub mod transaction;

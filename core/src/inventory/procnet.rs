@@ -181,7 +181,8 @@ pub fn parse_address(field: &str, family: Family) -> Option<SocketAddr> {
             Some(SocketAddr::from((Ipv4Addr::from(word.to_ne_bytes()), port)))
         }
         Family::V6 => {
-            if addr.len() != 32 {
+            // ASCII first: the words below are cut by byte offsets.
+            if addr.len() != 32 || !addr.is_ascii() {
                 return None;
             }
             let mut bytes = [0u8; 16];

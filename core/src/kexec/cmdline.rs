@@ -89,6 +89,15 @@ pub enum CmdlineError {
          a debug shell); seamless-reboot does not pass it on"
     )]
     ChangesBoot { arg: String },
+    /// A kept parameter of the current command line opens a double quote it
+    /// never closes: the kernel reads the quote to the end of the line, so
+    /// the marker appended after it would be swallowed and the next boot
+    /// would not know it is the update's.
+    #[error(
+        "the current kernel command line has an unterminated double quote in {word:?}; the \
+         update's marker would be lost inside it in the next boot"
+    )]
+    UnterminatedQuote { word: String },
     /// The result does not fit the kernel's command line buffer.
     #[error(
         "the next kernel command line is {len} bytes, but kexec_file_load accepts at most {max} \
@@ -283,7 +292,8 @@ fn validate_override(arg: &str) -> Result<(), CmdlineError> {
             "contains unquoted whitespace; quote the value: key=\"a b\"",
         ));
     }
-    if arg == "--" {
+    // The kernel takes the quotes off before it looks for "--".
+    if arg.trim_matches('"') == "--" {
         return Err(invalid("'--' (start of init arguments) cannot be appended"));
     }
     let key = param_key(arg);
@@ -352,6 +362,14 @@ pub fn build_next_cmdline<S: AsRef<str>>(
         }
     }
 
+    if let Some(word) = kernel
+        .iter()
+        .find(|w| w.bytes().filter(|&c| c == b'"').count() % 2 != 0)
+    {
+        return Err(CmdlineError::UnterminatedQuote {
+            word: (*word).to_owned(),
+        });
+    }
     let marker = format!("{MARKER_KEY}={id}");
     kernel.push(&marker);
     let mut line = kernel.join(" ");
