@@ -65,9 +65,9 @@ mod manifest {
     use std::path::Path;
 
     use super::*;
+    use crate::manifest::tests::with_header;
     use crate::manifest::{
-        FORMAT_VERSION, HEADER_LEN, ImageDigest, MAGIC, Manifest, ManifestError, TcpConnection,
-        UnitSnapshot,
+        FORMAT_VERSION, ImageDigest, MAGIC, Manifest, ManifestError, TcpConnection, UnitSnapshot,
     };
 
     fn path() -> &'static Path {
@@ -177,18 +177,6 @@ mod manifest {
             )
     }
 
-    /// `body` behind a correct header (magic, version, length, CRC), so
-    /// that only the body decides.
-    fn framed(body: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-        out.extend_from_slice(&MAGIC);
-        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
-        out.extend_from_slice(body);
-        out
-    }
-
     /// A manifest that decodes is valid, and encodes back to bytes that
     /// decode to it again.
     fn check_decoded(m: &Manifest) -> Result<(), TestCaseError> {
@@ -234,7 +222,7 @@ mod manifest {
         /// Arbitrary bodies behind a correct header reach the JSON parser.
         #[test]
         fn decode_arbitrary_framed_body_never_panics(body in bytes(256)) {
-            if let Ok(m) = Manifest::decode(path(), framed(&body).as_slice()) {
+            if let Ok(m) = Manifest::decode(path(), with_header(&body).as_slice()) {
                 check_decoded(&m)?;
             }
         }
@@ -298,7 +286,7 @@ mod manifest {
                 let i = at.index(body.len());
                 body[i] = b;
             }
-            if let Ok(decoded) = Manifest::decode(path(), framed(&body).as_slice()) {
+            if let Ok(decoded) = Manifest::decode(path(), with_header(&body).as_slice()) {
                 check_decoded(&decoded)?;
             }
         }
@@ -328,7 +316,7 @@ mod manifest {
                 }
             }
             let body = serde_json::to_vec(&m).map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let result = Manifest::decode(path(), framed(&body).as_slice());
+            let result = Manifest::decode(path(), with_header(&body).as_slice());
             prop_assert!(
                 matches!(result, Err(ManifestError::Invalid { .. })),
                 "damage {} accepted: {:?}", which, result

@@ -59,7 +59,7 @@ fn rewrite(dir: &Path, bytes: &[u8]) -> ManifestError {
 }
 
 /// Re-encodes `body` with a correct header, so only the content is at fault.
-fn with_header(body: &[u8]) -> Vec<u8> {
+pub(crate) fn with_header(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
