@@ -9,9 +9,13 @@
 //!
 //! The open uses `O_NONBLOCK` so that a FIFO planted at the path cannot
 //! hang the service before the "regular file" check rejects it; for regular
-//! files the flag has no effect on reads. Symlinks are followed (Debian's
-//! `/vmlinuz` is one); the checks apply to the file they lead to, and the
-//! path actually opened is recorded from `/proc/self/fd`.
+//! files the flag has no effect on reads. It uses `O_NOFOLLOW` too: a path
+//! whose last component is a symbolic link is refused, naming its target,
+//! so that the kernel loaded is the file the operator named and not one a
+//! link (Debian's `/vmlinuz`, or one planted or repointed since) leads to;
+//! every root-owned kernel passes the checks above, an old vulnerable one
+//! too. Links among the directories are followed; the path actually opened
+//! is recorded from `/proc/self/fd`.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -82,6 +86,16 @@ pub enum BootFileError {
         #[source]
         source: io::Error,
     },
+    /// The path's last component is a symbolic link (see the module docs).
+    #[error(
+        "{kind} {path} is a symbolic link (to {target}); give the file itself, so that what is \
+         checked and loaded is what was asked for"
+    )]
+    SymbolicLink {
+        kind: BootFileKind,
+        path: PathBuf,
+        target: String,
+    },
     /// The path is not a regular file (directory, device, FIFO, socket).
     #[error("{kind} {path} is not a regular file")]
     NotRegular { kind: BootFileKind, path: PathBuf },
@@ -146,15 +160,25 @@ pub(crate) fn open_boot_file(
     owner: OwnerPolicy,
     min_size: u64,
 ) -> Result<OpenedBootFile, BootFileError> {
-    // std opens with O_CLOEXEC already; O_NONBLOCK: see the module docs.
+    // std opens with O_CLOEXEC already; O_NONBLOCK, O_NOFOLLOW: see the
+    // module docs.
     let file = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|source| BootFileError::Open {
-            kind,
-            path: path.to_owned(),
-            source,
+        .map_err(|source| match std::fs::read_link(path) {
+            Ok(target) if source.raw_os_error() == Some(libc::ELOOP) => {
+                BootFileError::SymbolicLink {
+                    kind,
+                    path: path.to_owned(),
+                    target: target.display().to_string(),
+                }
+            }
+            _ => BootFileError::Open {
+                kind,
+                path: path.to_owned(),
+                source,
+            },
         })?;
     let meta = file.metadata().map_err(|source| BootFileError::Read {
         kind,
@@ -245,16 +269,30 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn follows_symlink_and_records_target() {
+    fn refuses_a_symlink_naming_its_target_but_follows_linked_directories() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let target = write_file(dir.path(), "real", b"abc", 0o600);
-        let link = dir.path().join("link");
-        std::os::unix::fs::symlink(&target, &link).expect("symlink");
-        let opened = open_boot_file(&link, BootFileKind::Kernel, me(), 1).expect("accepted");
-        assert_eq!(
-            opened.resolved_path.file_name(),
-            Some(std::ffi::OsStr::new("real"))
+        let real_dir = dir.path().join("real-boot");
+        std::fs::create_dir(&real_dir).expect("dir");
+        write_file(&real_dir, "vmlinuz-real", b"abc", 0o600);
+        let link = real_dir.join("vmlinuz");
+        std::os::unix::fs::symlink("vmlinuz-real", &link).expect("symlink");
+        let err = open_boot_file(&link, BootFileKind::Kernel, me(), 1).expect_err("refused");
+        assert!(
+            matches!(&err, BootFileError::SymbolicLink { target, .. } if target == "vmlinuz-real"),
+            "{err}"
         );
+        assert!(
+            err.to_string()
+                .contains("is a symbolic link (to vmlinuz-real)"),
+            "{err}"
+        );
+        // A linked directory on the way is followed, and the file opened
+        // recorded.
+        let boot = dir.path().join("boot");
+        std::os::unix::fs::symlink(&real_dir, &boot).expect("dir symlink");
+        let opened = open_boot_file(&boot.join("vmlinuz-real"), BootFileKind::Kernel, me(), 1)
+            .expect("accepted");
+        assert_eq!(opened.resolved_path, real_dir.join("vmlinuz-real"));
     }
 
     #[test]
