@@ -484,6 +484,7 @@ fn has_job_for(jobs: &str, unit: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::criu::images::{PSTREE_IMAGE, SavedProcess, encode_process_tree};
 
     #[test]
     fn a_kexec_job_is_found_in_systemctls_job_list() {
@@ -496,7 +497,6 @@ mod tests {
             "kexec.target"
         ));
     }
-    use crate::criu::images::{PSTREE_IMAGE, SavedProcess, encode_process_tree};
 
     #[test]
     fn shm_files_go_into_an_archive_and_come_back_with_their_modes() {

@@ -360,13 +360,13 @@ fn watch_kexec(transaction_dir: &Path) -> Result<ExitCode> {
             println!("the update was undone by its daemon; nothing to watch");
             Ok(ExitCode::SUCCESS)
         }
-        Some(recovery) if recovery.is_failure() => {
-            eprintln!("seamless-reboot: {recovery}");
-            Ok(ExitCode::FAILURE)
-        }
         Some(recovery) => {
             eprintln!("seamless-reboot: {recovery}");
-            Ok(ExitCode::SUCCESS)
+            Ok(if recovery.is_failure() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }

@@ -166,19 +166,23 @@ pub(crate) fn open_boot_file(
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_NOFOLLOW)
         .open(path)
-        .map_err(|source| match std::fs::read_link(path) {
-            Ok(target) if source.raw_os_error() == Some(libc::ELOOP) => {
-                BootFileError::SymbolicLink {
+        .map_err(|source| {
+            // The link is read only when the open said it met one.
+            let target = (source.raw_os_error() == Some(libc::ELOOP))
+                .then(|| std::fs::read_link(path).ok())
+                .flatten();
+            match target {
+                Some(target) => BootFileError::SymbolicLink {
                     kind,
                     path: path.to_owned(),
                     target: target.display().to_string(),
-                }
+                },
+                None => BootFileError::Open {
+                    kind,
+                    path: path.to_owned(),
+                    source,
+                },
             }
-            _ => BootFileError::Open {
-                kind,
-                path: path.to_owned(),
-                source,
-            },
         })?;
     let meta = file.metadata().map_err(|source| BootFileError::Read {
         kind,

@@ -170,12 +170,7 @@ impl UndoLog {
     pub(crate) fn pop(&mut self) -> Result<()> {
         self.file.steps.pop();
         if self.file.steps.is_empty() {
-            let path = self.dir.join(JOURNAL_FILE);
-            return match fs::remove_file(&path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(e).with_context(|| format!("cannot remove {}", path.display())),
-            };
+            return remove_journal(&self.dir);
         }
         self.write()
     }
@@ -430,15 +425,13 @@ fn recover_one(platform: &dyn Platform, dir: &Path, boot_id: &str) -> Recovery {
         }
     };
     if file.boot_id != boot_id {
-        let path = dir.join(JOURNAL_FILE);
-        return match fs::remove_file(&path) {
+        return match remove_journal(dir) {
             Ok(()) => Recovery::Stale {
                 transaction_dir: dir.to_owned(),
             },
-            Err(e) => Recovery::Unreadable {
+            Err(error) => Recovery::Unreadable {
                 transaction_dir: dir.to_owned(),
-                error: anyhow::Error::new(e)
-                    .context(format!("cannot remove the stale {}", path.display())),
+                error,
             },
         };
     }
@@ -492,9 +485,10 @@ fn read_journal(dir: &Path) -> Result<JournalFile> {
     Ok(file)
 }
 
-/// Removes the journal of a transaction the next boot took over (its
-/// units are restored or started by that boot; nothing of the old boot's
-/// undo applies any more).
+/// Removes a transaction's journal if it has one: once nothing is left to
+/// undo, when it is stale, and when the next boot took the transaction over
+/// (its units are restored or started by that boot; nothing of the old
+/// boot's undo applies any more).
 pub fn remove_journal(transaction_dir: &Path) -> Result<()> {
     let path = transaction_dir.join(JOURNAL_FILE);
     match fs::remove_file(&path) {
