@@ -8,6 +8,7 @@
 pub mod criu;
 pub mod inventory;
 pub mod kexec;
+pub mod layout;
 pub mod manifest;
 pub mod netqueue;
 pub mod nextboot;

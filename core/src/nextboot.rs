@@ -46,27 +46,25 @@ use std::fs;
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
-use crate::criu::{CgroupMode, Criu, InheritFd, Notification, RestoreOptions, scripts};
+use crate::criu::{CgroupMode, InheritFd, Notification, RestoreOptions, scripts};
 use crate::inventory::shared_memory::{SHM_ARCHIVE, SHM_DIR};
 use crate::kexec::marker_from_cmdline;
+use crate::layout::TransactionDir;
 use crate::manifest::{
     Manifest, OutcomeKind, UnitOutcome, UnitSnapshot, read_claim, read_outcomes, verify_digests,
-    write_outcome,
 };
 use crate::netqueue::Verdict;
-use crate::pid_reserve::pid_in_use;
-use crate::transaction::{
-    HOLD_RULES_FILE, UNIT_SNAPSHOT_FILE, pid_file, restore_dropin, unit_dir_name,
-};
+use crate::transaction::{pid_file, restore_dropin};
 
 pub mod hold;
+pub mod system;
 
-use hold::HoldClient;
+use hold::Request;
+pub use system::{LinuxNextBoot, NextBootSystem};
 
 /// The unit that holds checkpointed connections in the next boot.
 pub const HOLD_UNIT: &str = "seamless-reboot-hold.service";
@@ -90,16 +88,43 @@ pub enum Decision {
         transaction_dir: PathBuf,
         units: Vec<String>,
         restart_units: Vec<String>,
+        /// The snapshot could not be read yet (its filesystem is mounted
+        /// later in the boot, as `/var` on its own filesystem is): the
+        /// units are those the command line names, and the hold checks the
+        /// snapshot once it is mounted.
+        unverified: bool,
     },
 }
 
-/// Decides what this boot restores. Pure apart from reading the
+/// Decides what this boot restores, in milliseconds: it reads the
+/// command line and, when it can, the manifest (no image is hashed here;
+/// the restore verifies its own images). Pure apart from reading the
 /// transaction directory, so it is tested on temp dirs.
 pub fn decide(cmdline: &str, image_root: &Path, boot_id: &str, release: &str) -> Decision {
     let Some(id) = marker_from_cmdline(cmdline) else {
         return Decision::NoMarker;
     };
-    let dir = image_root.join(&id);
+    let Ok(valid_id) = crate::kexec::TransactionId::new(&id) else {
+        return Decision::Refused(format!("{id:?} is not a transaction id"));
+    };
+    let layout = TransactionDir::in_store(image_root, &valid_id);
+    let dir = layout.path().to_path_buf();
+    if !layout.manifest_file().exists() {
+        // Generators run before the filesystems of /etc/fstab are mounted.
+        let units = crate::kexec::units_from_cmdline(cmdline);
+        if units.is_empty() {
+            return Decision::Refused(format!(
+                "{} has no manifest and the command line names no unit",
+                dir.display()
+            ));
+        }
+        return Decision::Restore {
+            transaction_dir: dir,
+            units,
+            restart_units: Vec::new(),
+            unverified: true,
+        };
+    }
     let manifest = match Manifest::read_from(&dir) {
         Ok(m) => m,
         Err(e) => return Decision::Refused(format!("{e}")),
@@ -137,6 +162,32 @@ pub fn decide(cmdline: &str, image_root: &Path, boot_id: &str, release: &str) ->
         transaction_dir: dir,
         units,
         restart_units: manifest.restart_units,
+        unverified: false,
+    }
+}
+
+/// Where the finishing unit notes, for the rest of the boot, which
+/// transaction it finished (see [`generator_decision`]).
+pub const FINISHED_FILE: &str = "restore-finished";
+
+/// The generator's decision in a boot whose runtime directory
+/// (`/run/seamless-reboot`) is `run_dir`: [`decide`], unless the finishing
+/// unit already ran for this transaction in this boot. A reload after it
+/// (its own, or any later one) then generates nothing: every unit runs
+/// with its own configuration, whether or not this boot restored anything.
+pub fn generator_decision(
+    cmdline: &str,
+    image_root: &Path,
+    boot_id: &str,
+    release: &str,
+    run_dir: &Path,
+) -> Decision {
+    let finished = fs::read_to_string(run_dir.join(FINISHED_FILE)).unwrap_or_default();
+    match marker_from_cmdline(cmdline) {
+        Some(id) if finished.trim() == id => Decision::Refused(format!(
+            "transaction {id} was finished earlier in this boot"
+        )),
+        _ => decide(cmdline, image_root, boot_id, release),
     }
 }
 
@@ -187,6 +238,7 @@ pub fn write_generated(out_dir: &Path, decision: &Decision, binary: &Path) -> Re
         transaction_dir,
         units,
         restart_units,
+        ..
     } = decision
     else {
         return Ok(());
@@ -207,6 +259,8 @@ pub fn write_generated(out_dir: &Path, decision: &Decision, binary: &Path) -> Re
          # after sysctl (pid_max), before any interface comes up.\n\
          After=local-fs.target systemd-sysctl.service nftables.service firewalld.service\n\
          Before=network-pre.target shutdown.target\n\
+         # The snapshot may be on a filesystem of its own (/var).\n\
+         RequiresMountsFor={}\n\
          Wants=network-pre.target\n\
          Conflicts=shutdown.target\n\
          \n\
@@ -220,6 +274,7 @@ pub fn write_generated(out_dir: &Path, decision: &Decision, binary: &Path) -> Re
          TasksMax=infinity\n\
          TimeoutStartSec=120\n\
          ExecStart={} hold {}\n",
+        transaction_dir.display(),
         binary.display(),
         transaction_dir.display()
     );
@@ -228,7 +283,7 @@ pub fn write_generated(out_dir: &Path, decision: &Decision, binary: &Path) -> Re
     for unit in units {
         let dropin_dir = out_dir.join(format!("{unit}.d"));
         fs::create_dir_all(&dropin_dir)?;
-        let snapshot_dir = transaction_dir.join(unit_dir_name(unit));
+        let snapshot_dir = TransactionDir::at(transaction_dir)?.unit_dir(unit);
         fs::write(
             dropin_dir.join(GENERATED_DROPIN),
             restore_dropin(binary, &snapshot_dir, unit, Some(HOLD_UNIT)),
@@ -241,12 +296,14 @@ pub fn write_generated(out_dir: &Path, decision: &Decision, binary: &Path) -> Re
          Description=seamless-reboot: hand restored units back to their own configuration, cold-start the others\n\
          # After each restored unit's start job, whatever its result.\n\
          After={HOLD_UNIT} {}\n\
+         RequiresMountsFor={}\n\
          \n\
          [Service]\n\
          Type=oneshot\n\
          TimeoutStartSec=infinity\n\
          ExecStart={} finish-restore {}\n",
         units.join(" "),
+        transaction_dir.display(),
         binary.display(),
         transaction_dir.display()
     );
@@ -284,12 +341,28 @@ pub struct RestoreSettings {
     pub disable_window_scaling: bool,
     pub criu_timeout: std::time::Duration,
     /// An undo's restore on the kernel the snapshot was taken on, not the
-    /// next boot's: its outcome record serves nothing afterwards (the undo
-    /// removes the transaction directory), so failing to write it, as in
-    /// an image store that filled up, does not fail a restore that worked.
-    /// In the next boot the record is what keeps a later start of the unit
-    /// from restoring the same snapshot twice, so there it must be written.
+    /// next boot's: no hold claimed the snapshot, and its outcome record
+    /// serves nothing afterwards (the undo removes the transaction
+    /// directory), so failing to write it, as in an image store that filled
+    /// up, does not fail a restore that worked. In the next boot the record
+    /// is what keeps a later start of the unit from restoring the same
+    /// snapshot twice, so there it must be written.
     pub in_place: bool,
+}
+
+/// Whether this boot may restore from `transaction_dir`: the hold claims the
+/// snapshot for this boot once it has checked it (see [`hold::run`]); a
+/// snapshot it did not claim (it refused it, or it could not run, or
+/// another boot consumed the snapshot) is never restored here.
+pub fn claimed_by_this_boot(transaction_dir: &Path, boot_id: &str) -> Result<()> {
+    match read_claim(transaction_dir)? {
+        Some(claim) if claim.boot_id == boot_id => Ok(()),
+        Some(claim) => bail!("the snapshot was consumed by boot {}", claim.boot_id),
+        None => bail!(
+            "the hold did not claim the snapshot for this boot (`journalctl -b -u {HOLD_UNIT}` \
+             says why)"
+        ),
+    }
 }
 
 /// The restore helper, run by systemd (privileged) as the unit's forking
@@ -298,39 +371,51 @@ pub struct RestoreSettings {
 /// fails, so the unit's start fails; the unit is then started with its own
 /// configuration by [`finish_restore`] (or, for an in-place restore on the
 /// old kernel, by the transaction's undo).
-pub fn restore_unit(snapshot_dir: &Path, unit: &str, settings: &RestoreSettings) -> Result<()> {
-    let transaction_dir = snapshot_dir
-        .parent()
-        .context("the snapshot directory has no parent")?;
+pub fn restore_unit(
+    system: &dyn NextBootSystem,
+    snapshot_dir: &Path,
+    unit: &str,
+    settings: &RestoreSettings,
+) -> Result<()> {
+    let layout = TransactionDir::of_snapshot(snapshot_dir)?;
+    let transaction_dir = layout.path();
     let started = Instant::now();
-    let snapshot = load_snapshot(transaction_dir, snapshot_dir, unit)?;
-    let hold = HoldClient::find();
-    let already = read_outcomes(transaction_dir)
+    let snapshot = load_snapshot(&layout, unit)?;
+    let earlier = read_outcomes(transaction_dir)
         .unwrap_or_default()
         .into_iter()
-        .any(|o| o.unit == unit);
-    if already {
+        .find(|o| o.unit == unit);
+    if let Some(earlier) = earlier {
         // A restart before systemd was reloaded: the snapshot is used up
         // and this drop-in is stale.
         bail!(
-            "{unit} already has an outcome from this snapshot in this boot; its restore \
-             drop-in is stale: run `systemctl daemon-reload`, then start it again"
+            "{unit} already has an outcome from this snapshot in this boot ({}: {}); its \
+             restore drop-in is stale: run `systemctl daemon-reload`, then start it again",
+            earlier.outcome.as_str(),
+            earlier.detail
         );
     }
-    let attempt = restore_with_criu(transaction_dir, &snapshot, settings, hold.as_ref());
+    if !settings.in_place {
+        // Nothing is recorded: the snapshot may be another boot's.
+        claimed_by_this_boot(transaction_dir, &system.boot_id()?)
+            .with_context(|| format!("{unit} is not restored"))?;
+    }
+    let hold = system.hold_running();
+    let attempt = restore_with_criu(system, transaction_dir, &snapshot, settings, hold);
     // Restored or not, the unit's connections leave the hold now: the held
     // packets go to the restored socket, or, with no socket for them, this
     // kernel answers them with a reset so the peers learn at once.
-    release_connections(transaction_dir, snapshot_dir, unit, hold.as_ref());
+    release_connections(system, &layout, unit, hold);
     match attempt {
         Ok(pid) => {
-            write_pid_file(&pid_file(unit), pid)?;
+            system.write_pid_file(&pid_file(unit), pid)?;
             // The unit's own pid file, which its reload and stop commands
             // may read, is gone with the old boot's /run.
             if let Some(own) = &snapshot.pid_file {
-                write_pid_file(Path::new(own), pid)?;
+                system.write_pid_file(Path::new(own), pid)?;
             }
             let recorded = record(
+                system,
                 transaction_dir,
                 unit,
                 OutcomeKind::Restored,
@@ -354,6 +439,7 @@ pub fn restore_unit(snapshot_dir: &Path, unit: &str, settings: &RestoreSettings)
             // this unit's drop-in out and the cold start runs the unit's own
             // command; the finishing unit confirms or corrects the record.
             record(
+                system,
                 transaction_dir,
                 unit,
                 OutcomeKind::ColdStarted,
@@ -368,38 +454,43 @@ pub fn restore_unit(snapshot_dir: &Path, unit: &str, settings: &RestoreSettings)
     }
 }
 
-/// Writes `pid` to `path` as a pid file, making its directory if needed.
-fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    fs::write(path, format!("{pid}\n")).with_context(|| format!("cannot write {}", path.display()))
-}
-
 /// `finish-restore`, run once every restored unit's start job has ended:
 /// gives each unit an outcome, reloads systemd (so the generator leaves out
 /// the restore drop-ins: later restarts run the units' own commands with
 /// their own restart policy), then starts with its own configuration every
-/// unit that is not running. Fails if any unit could not be started.
-pub fn finish_restore(transaction_dir: &Path) -> Result<()> {
+/// unit that is not running, and the units the update left to this boot
+/// (their policy: restart). Fails if any unit could not be started.
+///
+/// A snapshot this boot did not claim is left as it is (no record, no
+/// wipe: it may be another boot's); its units are only started.
+pub fn finish_restore(system: &dyn NextBootSystem, transaction_dir: &Path) -> Result<()> {
     let manifest = Manifest::read_from(transaction_dir)?;
+    let claimed = claimed_by_this_boot(transaction_dir, &system.boot_id()?);
+    if let Err(why) = &claimed {
+        tracing::warn!(
+            "nothing was restored from {}: {why:#}",
+            transaction_dir.display()
+        );
+    }
     let outcomes = read_outcomes(transaction_dir).unwrap_or_default();
     let mut cold = Vec::new();
     for snapshot in &manifest.units {
         let unit = &snapshot.unit;
-        let state = active_state(unit);
+        let state = system.unit_active_state(unit);
         let outcome = outcomes.iter().find(|o| &o.unit == unit);
         if state == "active" {
-            if outcome.is_none() {
+            if outcome.is_none() && claimed.is_ok() {
                 tracing::warn!("{unit} is active but its restore recorded nothing");
             }
             continue;
         }
-        let detail = match outcome {
-            Some(outcome) => outcome.detail.clone(),
-            None => {
+        let detail = match (outcome, &claimed) {
+            (_, Err(why)) => format!("not restored: {why:#}"),
+            (Some(outcome), Ok(())) => outcome.detail.clone(),
+            (None, Ok(())) => {
                 let detail = format!("its restore did not finish (the unit is {state})");
                 record(
+                    system,
                     transaction_dir,
                     unit,
                     OutcomeKind::ColdStarted,
@@ -412,42 +503,52 @@ pub fn finish_restore(transaction_dir: &Path) -> Result<()> {
         };
         cold.push((snapshot, detail));
     }
-    systemctl(&["daemon-reload"])?;
+    system.mark_finished(transaction_dir)?;
+    system.daemon_reload()?;
     let mut failed = Vec::new();
     for (snapshot, detail) in cold {
         let unit = &snapshot.unit;
         let started = Instant::now();
-        match systemctl(&["start", "--", unit]) {
+        let (outcome, detail) = match system.start_unit(unit) {
             Ok(()) => {
                 tracing::info!("{unit}: started with its own command ({detail})");
-                record(
-                    transaction_dir,
-                    unit,
-                    OutcomeKind::ColdStarted,
-                    detail,
-                    started,
-                    snapshot,
-                )?;
+                (OutcomeKind::ColdStarted, detail)
             }
             Err(e) => {
-                record(
-                    transaction_dir,
-                    unit,
-                    OutcomeKind::Failed,
-                    format!("{detail}; cold start: {e:#}"),
-                    started,
-                    snapshot,
-                )?;
                 failed.push(format!("{unit}: {e:#}"));
+                (OutcomeKind::Failed, format!("{detail}; cold start: {e:#}"))
             }
+        };
+        if claimed.is_ok() {
+            record(
+                system,
+                transaction_dir,
+                unit,
+                outcome,
+                detail,
+                started,
+                snapshot,
+            )?;
         }
     }
-    // The old boot's undo journal is obsolete: this boot took the units
-    // over. The images hold the services' memory (keys, passwords,
-    // sessions): once a unit is restored or started afresh they serve
-    // nothing more.
-    crate::transaction::journal::remove_journal(transaction_dir)?;
-    wipe_images(transaction_dir, &manifest)?;
+    // Left to this boot by their policy; the generator made them wanted,
+    // unless it could not read the manifest then (its filesystem was not
+    // mounted yet).
+    for unit in &manifest.restart_units {
+        if system.unit_active_state(unit) != "active"
+            && let Err(e) = system.start_unit(unit)
+        {
+            failed.push(format!("{unit}: {e:#}"));
+        }
+    }
+    if claimed.is_ok() {
+        // The old boot's undo journal is obsolete: this boot took the units
+        // over. The images hold the services' memory (keys, passwords,
+        // sessions): once a unit is restored or started afresh they serve
+        // nothing more.
+        crate::transaction::journal::remove_journal(transaction_dir)?;
+        wipe_images(transaction_dir, &manifest)?;
+    }
     if !failed.is_empty() {
         bail!("could not start {}", failed.join("; "));
     }
@@ -472,27 +573,11 @@ fn wipe_images(transaction_dir: &Path, manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
-fn active_state(unit: &str) -> String {
-    crate::platform::command(
-        "systemctl",
-        &["show", "--property=ActiveState", "--value", "--", unit],
-    )
-    .map(|state| state.trim().to_string())
-    .unwrap_or_default()
-}
-
-fn systemctl(args: &[&str]) -> Result<()> {
-    crate::platform::command("systemctl", args).map(drop)
-}
-
-fn load_snapshot(transaction_dir: &Path, snapshot_dir: &Path, unit: &str) -> Result<UnitSnapshot> {
+fn load_snapshot(layout: &TransactionDir, unit: &str) -> Result<UnitSnapshot> {
     // The manifest (checksummed) when it exists; the unit's own record when
     // undoing a transaction that failed before its manifest was written.
-    if transaction_dir
-        .join(crate::manifest::MANIFEST_FILE)
-        .exists()
-    {
-        let manifest = Manifest::read_from(transaction_dir)?;
+    if layout.manifest_file().exists() {
+        let manifest = Manifest::read_from(layout.path())?;
         return manifest
             .units
             .into_iter()
@@ -500,21 +585,22 @@ fn load_snapshot(transaction_dir: &Path, snapshot_dir: &Path, unit: &str) -> Res
             .with_context(|| {
                 format!(
                     "{unit} is not in the manifest of {}",
-                    transaction_dir.display()
+                    layout.path().display()
                 )
             });
     }
-    let path = snapshot_dir.join(UNIT_SNAPSHOT_FILE);
+    let path = layout.unit_record(unit);
     let text =
         fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} does not parse", path.display()))
 }
 
 fn restore_with_criu(
+    system: &dyn NextBootSystem,
     transaction_dir: &Path,
     snapshot: &UnitSnapshot,
     settings: &RestoreSettings,
-    hold: Option<&HoldClient>,
+    hold: bool,
 ) -> Result<i32> {
     let images = snapshot.images_path(transaction_dir);
     verify_digests(&images, &snapshot.images)?;
@@ -535,12 +621,29 @@ fn restore_with_criu(
     let mut outside_files = Vec::new();
     let mut mount_externals = Vec::new();
     if !snapshot.shm_files.is_empty() {
-        unpack_shm_files(&images.join(SHM_ARCHIVE))?;
+        // Refusing to overwrite a file this boot made under the same name.
+        system
+            .extract_archive(
+                &images.join(SHM_ARCHIVE),
+                Path::new(SHM_DIR),
+                &["--keep-old-files"],
+            )
+            .with_context(|| format!("cannot put the unit's files back into {SHM_DIR}"))?;
     }
     if let Some(sandbox) = &snapshot.mount_sandbox {
+        let boot_id = system.boot_id()?;
         for private in &sandbox.private_dirs {
-            let target = this_boot_private_dir(Path::new(&private.mountpoint), &snapshot.unit)?;
-            unpack_private_dir(&images.join(private.archive_name()), &target)?;
+            let target = private_dir_of(Path::new(&private.mountpoint), &boot_id, &snapshot.unit)?;
+            let archive = images.join(private.archive_name());
+            system
+                .extract_archive(&archive, &target, &[])
+                .with_context(|| {
+                    format!(
+                        "cannot fill {} from {}",
+                        target.display(),
+                        archive.display()
+                    )
+                })?;
             mount_externals.push(private.restore_external(&target));
         }
         for file in &sandbox.outside_files {
@@ -580,12 +683,6 @@ fn restore_with_criu(
             .inherit_fds
             .push(InheritFd::unix_socket(inode, journal.as_fd()));
     }
-    let _scaling = if settings.disable_window_scaling {
-        Some(WindowScalingOff::new()?)
-    } else {
-        None
-    };
-    let criu = Criu::new().with_timeout(Some(settings.criu_timeout));
     // Right before CRIU forks the restored processes: free their pids, and
     // refuse (cold start) if another process of this boot has one.
     let mut refused: Option<anyhow::Error> = None;
@@ -596,14 +693,12 @@ fn restore_with_criu(
         let free = || -> Result<()> {
             // A hold that is gone took its placeholders with it (they die
             // with their parent); whatever still has a pid is checked next.
-            if let Some(hold) = hold
-                && let Err(e) = hold.free_pids(&snapshot.unit)
-            {
+            if hold && let Err(e) = system.ask_hold(&Request::FreePids(snapshot.unit.clone())) {
                 tracing::warn!("{e:#}");
             }
             let taken: Vec<String> = hold::needed_pids(snapshot)
                 .into_iter()
-                .filter(|&pid| pid_in_use(pid))
+                .filter(|&pid| system.pid_in_use(pid))
                 .map(hold::process_name)
                 .collect();
             if !taken.is_empty() {
@@ -616,30 +711,27 @@ fn restore_with_criu(
         };
         free().inspect_err(|e| refused = Some(anyhow::anyhow!("{e:#}")))
     };
-    let restored = criu.restore(&options, &mut notify);
+    let mut restore = || system.criu_restore(&options, settings.criu_timeout, &mut notify);
+    let restored = if settings.disable_window_scaling {
+        system.with_window_scaling_off(&mut restore)
+    } else {
+        restore()
+    };
     if let Some(cause) = refused {
         return Err(cause);
     }
-    let restored = restored.with_context(|| {
+    restored.with_context(|| {
         format!(
             "CRIU could not restore (log: {}/restore.log)",
             images.display()
         )
-    })?;
-    Ok(restored.pid)
+    })
 }
 
 /// The private directory systemd made for `unit` below `parent` (`/tmp` or
-/// `/var/tmp`) in this boot: `<parent>/systemd-private-<boot id>-<unit>-*/tmp`,
-/// the newest if an earlier start's is still there.
-fn this_boot_private_dir(parent: &Path, unit: &str) -> Result<PathBuf> {
-    let boot_id = fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .context("cannot read this boot's id")?;
-    private_dir_of(parent, boot_id.trim(), unit)
-}
-
-/// [`this_boot_private_dir`] for the boot `boot_id` (as the kernel shows it,
-/// with dashes).
+/// `/var/tmp`) in the boot `boot_id` (as the kernel shows it, with dashes):
+/// `<parent>/systemd-private-<boot id>-<unit>-*/tmp`, the newest if an
+/// earlier start's is still there.
 fn private_dir_of(parent: &Path, boot_id: &str, unit: &str) -> Result<PathBuf> {
     let boot_id = boot_id.replace('-', "");
     let prefix = format!("systemd-private-{boot_id}-{unit}-");
@@ -665,74 +757,20 @@ fn private_dir_of(parent: &Path, boot_id: &str, unit: &str) -> Result<PathBuf> {
     })
 }
 
-/// Puts the saved contents of a private directory into `target`.
-fn unpack_private_dir(archive: &Path, target: &Path) -> Result<()> {
-    crate::platform::extract_archive(archive, target, &[]).with_context(|| {
-        format!(
-            "cannot fill {} from {}",
-            target.display(),
-            archive.display()
-        )
-    })
-}
-
-/// Puts the unit's saved POSIX shared memory files back into `/dev/shm`,
-/// refusing to overwrite a file this boot made under the same name.
-fn unpack_shm_files(archive: &Path) -> Result<()> {
-    crate::platform::extract_archive(archive, Path::new(SHM_DIR), &["--keep-old-files"])
-        .with_context(|| format!("cannot put the unit's files back into {SHM_DIR}"))
-}
-
-/// Turns `net.ipv4.tcp_window_scaling` off until dropped, under a lock so
-/// concurrent restores agree on when to turn it back on.
-struct WindowScalingOff {
-    previous: String,
-    _lock: nix::fcntl::Flock<fs::File>,
-}
-
-const WINDOW_SCALING: &str = "/proc/sys/net/ipv4/tcp_window_scaling";
-
-impl WindowScalingOff {
-    fn new() -> Result<Self> {
-        fs::create_dir_all("/run/seamless-reboot")?;
-        let lock = fs::File::create("/run/seamless-reboot/restore.lock")?;
-        let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| e)
-            .context("cannot lock /run/seamless-reboot/restore.lock")?;
-        let previous = fs::read_to_string(WINDOW_SCALING)?.trim().to_string();
-        fs::write(WINDOW_SCALING, "0").context("cannot turn window scaling off")?;
-        Ok(WindowScalingOff {
-            previous,
-            _lock: lock,
-        })
-    }
-}
-
-impl Drop for WindowScalingOff {
-    fn drop(&mut self) {
-        if let Err(e) = fs::write(WINDOW_SCALING, &self.previous) {
-            tracing::warn!(
-                "cannot restore tcp_window_scaling to {}: {e}",
-                self.previous
-            );
-        }
-    }
-}
-
 /// `release-unit`, run when the unit stops (or its start failed): makes
 /// sure the hold no longer holds its connections. Normally the restore
 /// helper released them already, and this finds nothing to do.
-pub fn release_unit(snapshot_dir: &Path, unit: &str) -> Result<()> {
-    let transaction_dir = snapshot_dir
-        .parent()
-        .context("the snapshot directory has no parent")?;
-    let hold = HoldClient::find();
-    if let Some(hold) = &hold
-        && !hold.holds(unit)
+pub fn release_unit(system: &dyn NextBootSystem, snapshot_dir: &Path, unit: &str) -> Result<()> {
+    let layout = TransactionDir::of_snapshot(snapshot_dir)?;
+    let hold = system.hold_running();
+    if hold
+        && system
+            .ask_hold(&Request::Holds(unit.to_string()))
+            .is_ok_and(|reply| reply == "no")
     {
         return Ok(());
     }
-    release_connections(transaction_dir, snapshot_dir, unit, hold.as_ref());
+    release_connections(system, &layout, unit, hold);
     Ok(())
 }
 
@@ -741,13 +779,13 @@ pub fn release_unit(snapshot_dir: &Path, unit: &str) -> Result<()> {
 /// deleting the tables that hold them (the hold's, if it died, and CRIU's
 /// own lock of an in-place restore), so that nothing stays blocked.
 fn release_connections(
-    transaction_dir: &Path,
-    snapshot_dir: &Path,
+    system: &dyn NextBootSystem,
+    layout: &TransactionDir,
     unit: &str,
-    hold: Option<&HoldClient>,
+    hold: bool,
 ) {
-    if let Some(hold) = hold {
-        match hold.release(unit, Verdict::Accept) {
+    if hold {
+        match system.ask_hold(&Request::Release(unit.to_string(), Verdict::Accept)) {
             Ok(reply) => {
                 tracing::info!("{unit}: connections released ({reply})");
                 return;
@@ -755,37 +793,27 @@ fn release_connections(
             Err(e) => tracing::warn!("{unit}: {e:#}; deleting its hold rules instead"),
         }
     }
-    if let Ok(manifest) = Manifest::read_from(transaction_dir)
+    if let Ok(manifest) = Manifest::read_from(layout.path())
         && let Some(index) = manifest.units.iter().position(|u| u.unit == unit)
-        && table_exists(hold::HOLD_TABLE)
-        && let Err(e) = hold::release_without_hold(index)
+        && system.nft_table_exists(hold::HOLD_TABLE)
+        && let Err(e) = system.nft_apply(&hold::release_rules(index))
     {
         tracing::warn!("{unit}: cannot release its connections: {e:#}");
     }
-    release_hold(snapshot_dir);
-}
-
-fn table_exists(table: &str) -> bool {
-    Command::new("nft")
-        .args(["list", "table", "inet", table])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// Deletes this unit's CRIU lock tables, so its peers get a prompt reset
-/// instead of waiting for a connection that will not come back.
-fn release_hold(snapshot_dir: &Path) {
-    let text = fs::read_to_string(snapshot_dir.join(HOLD_RULES_FILE)).unwrap_or_default();
+    // This unit's CRIU lock tables: its peers get a prompt reset instead of
+    // waiting for a connection that will not come back.
+    let text = fs::read_to_string(layout.hold_rules(unit)).unwrap_or_default();
     for table in tables_in_rules(&text) {
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", &table])
-            .output();
+        if system.nft_table_exists(&table)
+            && let Err(e) = system.nft_delete_table(&table)
+        {
+            tracing::warn!("{unit}: cannot delete CRIU's lock table {table}: {e:#}");
+        }
     }
 }
 
 fn record(
+    system: &dyn NextBootSystem,
     transaction_dir: &Path,
     unit: &str,
     outcome: OutcomeKind,
@@ -799,7 +827,7 @@ fn record(
     let manifest_created = Manifest::read_from(transaction_dir)
         .map(|m| m.created_unix)
         .ok();
-    write_outcome(
+    system.write_outcome(
         transaction_dir,
         &UnitOutcome {
             unit: unit.to_string(),
@@ -812,354 +840,12 @@ fn record(
                     + snapshot.frozen_ms
             }),
         },
-    )?;
-    Ok(())
+    )
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::manifest::{FORMAT_VERSION, UnitSnapshot};
-
-    const BOOT_A: &str = "11111111-1111-1111-1111-111111111111";
-    const BOOT_B: &str = "22222222-2222-2222-2222-222222222222";
-    const TARGET: &str = "6.12.95+deb12-amd64";
-
-    /// A transaction directory with a valid manifest for one unit.
-    fn transaction(root: &Path, id: &str, units: &[&str]) -> PathBuf {
-        let dir = root.join(id);
-        let snapshots = units
-            .iter()
-            .map(|unit| {
-                let images = dir.join(unit_dir_name(unit)).join("images");
-                fs::create_dir_all(&images).expect("mkdir");
-                fs::write(images.join("core-1.img"), "image").expect("write");
-                UnitSnapshot {
-                    unit: (*unit).to_string(),
-                    images_dir: format!("{}/images", unit_dir_name(unit)),
-                    main_pid: 550,
-                    pids: vec![550],
-                    thread_ids: vec![551],
-                    exec_start: vec!["/bin/true".into()],
-                    connections: vec![],
-                    journal_socket_inodes: vec![],
-                    pid_file: None,
-                    mount_sandbox: None,
-                    shm_files: vec![],
-                    frozen_ms: 1,
-                    images: crate::manifest::compute_digests(&images).expect("digests"),
-                }
-            })
-            .collect();
-        Manifest {
-            format_version: FORMAT_VERSION,
-            transaction_id: id.into(),
-            created_unix: 1,
-            source_boot_id: BOOT_A.into(),
-            source_kernel: "6.12.117+deb13-amd64".into(),
-            target_kernel: TARGET.into(),
-            units: snapshots,
-            restart_units: vec![],
-        }
-        .write_in(&dir)
-        .expect("manifest");
-        dir
-    }
-
-    fn cmdline(id: &str) -> String {
-        format!("root=/dev/vda rw seamless_reboot.transaction={id}")
-    }
-
-    #[test]
-    fn an_ordinary_boot_restores_nothing() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        transaction(tmp.path(), "t1-1", &["a.service"]);
-        assert_eq!(
-            decide("root=/dev/vda rw", tmp.path(), BOOT_B, TARGET),
-            Decision::NoMarker
-        );
-    }
-
-    #[test]
-    fn the_named_transition_restores_its_units() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let dir = transaction(tmp.path(), "t1-1", &["a.service", "b.service"]);
-        assert_eq!(
-            decide(&cmdline("t1-1"), tmp.path(), BOOT_B, TARGET),
-            Decision::Restore {
-                transaction_dir: dir,
-                units: vec!["a.service".into(), "b.service".into()],
-                restart_units: vec![],
-            }
-        );
-    }
-
-    #[test]
-    fn units_left_to_a_restart_are_started_without_a_restore() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let out = tmp.path().join("generator");
-        fs::create_dir_all(&out).expect("mkdir");
-        let decision = Decision::Restore {
-            transaction_dir: tmp.path().join("t1-1"),
-            units: vec!["a.service".into()],
-            restart_units: vec!["r.service".into()],
-        };
-        write_generated(&out, &decision, Path::new("/usr/bin/seamless-reboot")).expect("writes");
-        assert!(
-            out.join("multi-user.target.wants/r.service")
-                .symlink_metadata()
-                .is_ok()
-        );
-        assert!(!out.join("r.service.d").exists(), "no restore drop-in");
-        assert!(out.join("a.service.d").join(GENERATED_DROPIN).exists());
-    }
-
-    #[test]
-    fn wrong_kernel_same_boot_missing_or_corrupt_snapshots_are_refused() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let dir = transaction(tmp.path(), "t1-1", &["a.service"]);
-        let refused = |d: Decision| match d {
-            Decision::Refused(why) => why,
-            other => panic!("expected a refusal, got {other:?}"),
-        };
-        let why = refused(decide(
-            &cmdline("t1-1"),
-            tmp.path(),
-            BOOT_B,
-            "6.12.117+deb13-amd64",
-        ));
-        assert!(why.contains(TARGET), "{why}");
-        refused(decide(&cmdline("t1-1"), tmp.path(), BOOT_A, TARGET));
-        refused(decide(&cmdline("t9-9"), tmp.path(), BOOT_B, TARGET));
-        let manifest = dir.join(crate::manifest::MANIFEST_FILE);
-        let mut bytes = fs::read(&manifest).expect("read");
-        let last = bytes.len() - 2;
-        bytes[last] ^= 1;
-        fs::write(&manifest, bytes).expect("write");
-        let why = refused(decide(&cmdline("t1-1"), tmp.path(), BOOT_B, TARGET));
-        assert!(why.contains("checksum"), "{why}");
-    }
-
-    #[test]
-    fn status_says_why_a_snapshot_was_not_restored() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let dir = transaction(tmp.path(), "t1-1", &["a.service"]);
-        let manifest = Manifest::read_from(&dir).expect("manifest");
-        let reason = |cmdline: &str, boot: &str, release: &str| {
-            not_restored_reason(&dir, &manifest, cmdline, boot, release)
-        };
-        // A cold boot, or the reset after a kernel that did not boot.
-        let cold = reason("root=/dev/vda ro", BOOT_B, "6.12.117+deb13-amd64").expect("cold");
-        assert!(
-            cold.contains("was not started by the update's kexec")
-                && cold.contains("kernel 6.12.117+deb13-amd64")
-                && cold.contains("never restored"),
-            "{cold}"
-        );
-        // Still the boot that checkpointed it.
-        let same = reason("root=/dev/vda", BOOT_A, "6.12.117+deb13-amd64").expect("same boot");
-        assert!(same.contains("has not happened"), "{same}");
-        // The kexec, but into another kernel than planned.
-        let wrong = reason(&cmdline("t1-1"), BOOT_B, "6.1.0").expect("wrong kernel");
-        assert!(wrong.starts_with("not restored in this boot:"), "{wrong}");
-        assert!(wrong.contains(TARGET), "{wrong}");
-        // The update's own kexec: its restores are under way.
-        assert_eq!(reason(&cmdline("t1-1"), BOOT_B, TARGET), None);
-    }
-
-    #[test]
-    fn a_snapshot_claimed_by_another_boot_never_restores_again() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let dir = transaction(tmp.path(), "t1-1", &["a.service"]);
-        crate::manifest::claim(&dir, BOOT_B).expect("first claim");
-        // The claiming boot itself still restores (e.g. a daemon-reload).
-        assert!(matches!(
-            decide(&cmdline("t1-1"), tmp.path(), BOOT_B, TARGET),
-            Decision::Restore { .. }
-        ));
-        let later = "33333333-3333-3333-3333-333333333333";
-        assert!(matches!(
-            decide(&cmdline("t1-1"), tmp.path(), later, TARGET),
-            Decision::Refused(why) if why.contains("already consumed")
-        ));
-    }
-
-    #[test]
-    fn units_with_an_outcome_are_not_generated_again() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let dir = transaction(tmp.path(), "t1-1", &["a.service", "b.service"]);
-        write_outcome(
-            &dir,
-            &UnitOutcome {
-                unit: "a.service".into(),
-                outcome: OutcomeKind::Restored,
-                detail: String::new(),
-                recorded_unix: 2,
-                duration_ms: 1,
-                downtime_ms: None,
-            },
-        )
-        .expect("outcome");
-        assert!(matches!(
-            decide(&cmdline("t1-1"), tmp.path(), BOOT_B, TARGET),
-            Decision::Restore { units, .. } if units == vec!["b.service".to_string()]
-        ));
-    }
-
-    #[test]
-    fn generated_files_hold_before_the_network_and_restore_each_unit() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let dir = transaction(tmp.path(), "t1-1", &["a.service"]);
-        let out = tmp.path().join("generator");
-        fs::create_dir_all(&out).expect("mkdir");
-        let decision = decide(&cmdline("t1-1"), tmp.path(), BOOT_B, TARGET);
-        write_generated(&out, &decision, Path::new("/usr/bin/seamless-reboot")).expect("writes");
-        let hold = fs::read_to_string(out.join(HOLD_UNIT)).expect("hold unit");
-        assert!(hold.contains("Before=network-pre.target"), "{hold}");
-        assert!(hold.contains("DefaultDependencies=no"), "{hold}");
-        // Ready only once every connection is on hold and the pids reserved.
-        assert!(hold.contains("Type=notify"), "{hold}");
-        assert!(hold.contains("RemainAfterExit=yes"), "{hold}");
-        assert!(
-            hold.contains("After=local-fs.target systemd-sysctl.service nftables.service"),
-            "{hold}"
-        );
-        assert!(
-            hold.contains(&format!(
-                "ExecStart=/usr/bin/seamless-reboot hold {}",
-                dir.display()
-            )),
-            "{hold}"
-        );
-        assert!(
-            out.join("sysinit.target.wants")
-                .join(HOLD_UNIT)
-                .symlink_metadata()
-                .is_ok()
-        );
-        let dropin =
-            fs::read_to_string(out.join("a.service.d").join(GENERATED_DROPIN)).expect("drop-in");
-        assert!(dropin.contains("Type=forking"), "{dropin}");
-        assert!(dropin.contains(&format!("After={HOLD_UNIT}")), "{dropin}");
-        assert!(
-            out.join("multi-user.target.wants/a.service")
-                .symlink_metadata()
-                .is_ok()
-        );
-        // After every restore, whatever its result: hand the units back to
-        // their own configuration and cold-start those not restored.
-        let finish = fs::read_to_string(out.join(FINISH_UNIT)).expect("finish unit");
-        assert!(
-            finish.contains(&format!("After={HOLD_UNIT} a.service\n")),
-            "{finish}"
-        );
-        assert!(finish.contains("Type=oneshot"), "{finish}");
-        assert!(
-            finish.contains(&format!(
-                "ExecStart=/usr/bin/seamless-reboot finish-restore {}",
-                dir.display()
-            )),
-            "{finish}"
-        );
-        assert!(
-            out.join("multi-user.target.wants")
-                .join(FINISH_UNIT)
-                .symlink_metadata()
-                .is_ok()
-        );
-
-        let empty = tmp.path().join("ordinary");
-        fs::create_dir_all(&empty).expect("mkdir");
-        write_generated(
-            &empty,
-            &Decision::NoMarker,
-            Path::new("/usr/bin/seamless-reboot"),
-        )
-        .expect("writes");
-        assert_eq!(
-            fs::read_dir(&empty).expect("list").count(),
-            0,
-            "an ordinary boot gets nothing"
-        );
-    }
-
-    #[test]
-    fn finds_the_private_directory_systemd_made_for_the_unit_in_this_boot() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let boot = "d08f7635-f321-4e1f-9ac8-2a04c1601810";
-        let this = "systemd-private-d08f7635f3214e1f9ac82a04c1601810";
-        for dir in [
-            format!("{this}-memcached.service-AAAAAA/tmp"),
-            format!("{this}-memcached.service.d-BBBBBB/tmp"),
-            "systemd-private-0123456789abcdef0123456789abcdef-memcached.service-CCCCCC/tmp"
-                .to_string(),
-            format!("{this}-other.service-DDDDDD/tmp"),
-        ] {
-            fs::create_dir_all(tmp.path().join(dir)).expect("mkdir");
-        }
-        assert_eq!(
-            private_dir_of(tmp.path(), boot, "memcached.service").expect("found"),
-            tmp.path()
-                .join(format!("{this}-memcached.service-AAAAAA/tmp"))
-        );
-        let err = private_dir_of(tmp.path(), boot, "redis.service").expect_err("none");
-        assert!(
-            format!("{err:#}").contains("made no private directory"),
-            "{err:#}"
-        );
-    }
-
-    #[test]
-    fn images_are_wiped_once_a_unit_is_restored_or_cold_started_but_kept_when_it_failed() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let dir = transaction(tmp.path(), "t1-1", &["a.service", "b.service", "c.service"]);
-        let manifest = Manifest::read_from(&dir).expect("manifest");
-        for (unit, outcome) in [
-            ("a.service", OutcomeKind::Restored),
-            ("b.service", OutcomeKind::ColdStarted),
-            ("c.service", OutcomeKind::Failed),
-        ] {
-            fs::write(
-                dir.join(unit_dir_name(unit)).join("images/restore.log"),
-                "criu said things",
-            )
-            .expect("log");
-            write_outcome(
-                &dir,
-                &UnitOutcome {
-                    unit: unit.into(),
-                    outcome,
-                    detail: String::new(),
-                    recorded_unix: 2,
-                    duration_ms: 1,
-                    downtime_ms: None,
-                },
-            )
-            .expect("outcome");
-        }
-        wipe_images(&dir, &manifest).expect("wipes");
-        let left = |unit: &str| -> Vec<String> {
-            let mut names: Vec<String> = fs::read_dir(dir.join(unit_dir_name(unit)).join("images"))
-                .expect("images dir")
-                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-                .collect();
-            names.sort();
-            names
-        };
-        assert_eq!(left("a.service"), vec!["restore.log"]);
-        assert_eq!(left("b.service"), vec!["restore.log"]);
-        assert_eq!(left("c.service"), vec!["core-1.img", "restore.log"]);
-        // The manifest and the outcomes stay for `status`.
-        assert!(Manifest::read_from(&dir).is_ok());
-        assert_eq!(read_outcomes(&dir).expect("outcomes").len(), 3);
-    }
-
-    #[test]
-    fn hold_rule_tables_are_found() {
-        let rules = "table inet CRIU-c05e4813-1efc-452d-83 {\n\tset conns4 {\n\t}\n}\ntable inet CRIU-x {\n}\n";
-        assert_eq!(
-            tables_in_rules(rules),
-            vec!["CRIU-c05e4813-1efc-452d-83", "CRIU-x"]
-        );
-    }
-}
+mod branch_tests;
+#[cfg(test)]
+mod fake;
+#[cfg(test)]
+mod tests;

@@ -774,8 +774,8 @@ mod cmdline {
 
     use super::*;
     use crate::kexec::cmdline::{
-        CmdlineError, DEFAULT_MAX_CMDLINE_LEN, MARKER_KEY, TransactionId, build_next_cmdline,
-        marker_from_cmdline, param_key, split_cmdline,
+        BootMarker, CmdlineError, DEFAULT_MAX_CMDLINE_LEN, MARKER_KEY, TransactionId,
+        build_next_cmdline, marker_from_cmdline, param_key, split_cmdline, units_from_cmdline,
     };
 
     /// One word of a command line: plausible parameters, quoted values,
@@ -835,15 +835,27 @@ mod cmdline {
         prop_oneof![Just(DEFAULT_MAX_CMDLINE_LEN), 0_usize..200]
     }
 
+    /// Unit names as systemd makes them (templates, escapes).
+    fn unit_names() -> impl Strategy<Value = Vec<String>> {
+        prop::collection::vec(
+            "[a-z][a-z0-9_\\-]{0,12}(@[a-z0-9:]{1,6})?\\.(service|socket)",
+            0..6,
+        )
+    }
+
     /// The property: what the builder accepts carries exactly its marker,
-    /// once, before any `--`, within the length limit.
+    /// once, before any `--`, within the length limit, and the units read
+    /// back are those given.
     fn check_built(
         current: &str,
         overrides: &[String],
         id: &TransactionId,
+        units: &[String],
         max: usize,
     ) -> Result<(), TestCaseError> {
-        if let Ok(line) = build_next_cmdline(current, overrides, id, max) {
+        let marker = BootMarker::new(id.clone(), units).expect("valid unit names");
+        if let Ok(line) = build_next_cmdline(current, overrides, &marker, max) {
+            prop_assert_eq!(units_from_cmdline(&line), units.to_vec(), "line {:?}", line);
             prop_assert!(line.len() <= max, "{} > {}", line.len(), max);
             let marker = marker_from_cmdline(&line);
             prop_assert_eq!(
@@ -873,9 +885,10 @@ mod cmdline {
             current in cmdline(),
             overrides in prop::collection::vec(override_arg(), 0..4),
             id in transaction_id(),
+            units in unit_names(),
             max in max_len(),
         ) {
-            check_built(&current, &overrides, &id, max)?;
+            check_built(&current, &overrides, &id, &units, max)?;
         }
 
         /// Arbitrary text as the current line: no panic.
@@ -885,8 +898,10 @@ mod cmdline {
             overrides in prop::collection::vec(any::<String>(), 0..3),
             id in transaction_id(),
         ) {
-            let _ = build_next_cmdline(&current, &overrides, &id, DEFAULT_MAX_CMDLINE_LEN);
+            let marker = BootMarker::new(id, &[]).expect("marker");
+            let _ = build_next_cmdline(&current, &overrides, &marker, DEFAULT_MAX_CMDLINE_LEN);
             let _ = marker_from_cmdline(&current);
+            let _ = units_from_cmdline(&current);
         }
     }
 
@@ -897,7 +912,7 @@ mod cmdline {
     /// word, and the builder returned `Ok`. It now refuses such a line.
     #[test]
     fn unterminated_quote_in_current_line_is_refused_not_swallowing_the_marker() {
-        let id = TransactionId::new("a").expect("valid id");
+        let id = BootMarker::new(TransactionId::new("a").expect("valid id"), &[]).expect("marker");
         let built = build_next_cmdline(" \" ", &[] as &[String], &id, DEFAULT_MAX_CMDLINE_LEN);
         assert!(
             matches!(built, Err(CmdlineError::UnterminatedQuote { .. })),
@@ -910,7 +925,7 @@ mod cmdline {
     /// among init's arguments.
     #[test]
     fn a_quoted_end_of_parameters_cannot_be_appended() {
-        let id = TransactionId::new("a").expect("valid id");
+        let id = BootMarker::new(TransactionId::new("a").expect("valid id"), &[]).expect("marker");
         let built = build_next_cmdline("root=/dev/vda", &["\"--\""], &id, DEFAULT_MAX_CMDLINE_LEN);
         assert!(
             matches!(built, Err(CmdlineError::InvalidOverride { .. })),

@@ -56,12 +56,7 @@ pub const GUARD_DROPIN: &str = "[Service]\nRestart=no\nExecStop=\nExecStopPost=\
     checkpoint, not started afresh' >&2; exit 1\"\n";
 /// The runtime drop-in that makes a unit restore itself from its snapshot.
 pub const RESTORE_DROPIN: &str = "50-seamless-reboot-restore.conf";
-/// File in a unit's snapshot directory: its `UnitSnapshot` as JSON, readable
-/// before the manifest exists (for an in-place restore).
-pub const UNIT_SNAPSHOT_FILE: &str = "unit.json";
-/// File in a unit's snapshot directory: CRIU's nftables lock table, replayed
-/// in the next boot before any interface comes up.
-pub const HOLD_RULES_FILE: &str = "hold.nft";
+pub use crate::layout::{HOLD_RULES_FILE, UNIT_SNAPSHOT_FILE, unit_dir_name};
 /// Where a unit's images go inside its snapshot directory.
 pub const IMAGES_SUBDIR: &str = "images";
 
@@ -178,20 +173,30 @@ pub fn plan(
         }
     };
     let transaction_id = new_transaction_id();
-    let cmdline = kernel.as_ref().and_then(|k| {
-        let id = crate::kexec::TransactionId::new(&transaction_id).ok()?;
-        let current = crate::kexec::cmdline::read_current_cmdline(Path::new("/proc/cmdline"))
-            .map_err(|e| problems.push(format!("{e}")))
-            .ok()?;
-        crate::kexec::build_next_cmdline(&current, &request.append, &id, k.info().max_cmdline_len())
-            .map_err(|e| problems.push(format!("{e}")))
-            .ok()
-    });
-
     if request.units.is_empty() {
         problems.push("no units to preserve: name them with --unit or in the configuration".into());
     }
     let (units, left_out) = plan_units(platform, &request.units, &request.policy, &mut problems);
+    // The next boot learns from its command line which transaction it
+    // completes and which units it restores.
+    let cmdline = kernel.as_ref().and_then(|k| {
+        let id = crate::kexec::TransactionId::new(&transaction_id).ok()?;
+        let names: Vec<String> = units.iter().map(|u| u.status.unit.clone()).collect();
+        let current = crate::kexec::cmdline::read_current_cmdline(Path::new("/proc/cmdline"))
+            .map_err(|e| problems.push(format!("{e}")))
+            .ok()?;
+        crate::kexec::BootMarker::new(id, &names)
+            .and_then(|marker| {
+                crate::kexec::build_next_cmdline(
+                    &current,
+                    &request.append,
+                    &marker,
+                    k.info().max_cmdline_len(),
+                )
+            })
+            .map_err(|e| problems.push(format!("{e}")))
+            .ok()
+    });
     if units.is_empty() && !left_out.is_empty() {
         problems.push(format!(
             "none of the units would be preserved ({} left to the next boot by their policy), \
@@ -590,12 +595,6 @@ fn rollback_text(errors: &[anyhow::Error]) -> String {
         let list: Vec<String> = errors.iter().map(|e| format!("{e:#}")).collect();
         format!("; and undoing it failed: {}", list.join("; "))
     }
-}
-
-/// The directory of one unit's snapshot inside the transaction directory.
-pub fn unit_dir_name(unit: &str) -> String {
-    // systemd unit names are [A-Za-z0-9:_.\\@-]; none of them is a path separator.
-    format!("unit-{unit}")
 }
 
 /// Runs the transaction from a plan to the kexec. Returns only when the

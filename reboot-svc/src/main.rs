@@ -23,7 +23,7 @@ use seamless_reboot_config::{Config, HoldMode};
 use seamless_reboot_core::kexec::cmdline::{MARKER_KEY, param_key, split_cmdline};
 use seamless_reboot_core::manifest::{Manifest, read_boot_id, read_kernel_release, read_outcomes};
 use seamless_reboot_core::nextboot::hold::{self, HoldSettings, PacketHold};
-use seamless_reboot_core::nextboot::{self, RestoreSettings};
+use seamless_reboot_core::nextboot::{self, LinuxNextBoot, RestoreSettings};
 use seamless_reboot_core::platform::LinuxPlatform;
 use seamless_reboot_core::transaction::{self, KexecWatch, UpdateRequest};
 use seamless_reboot_dbus::proxy::Client;
@@ -102,7 +102,13 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
                 },
                 restore_timeout: config.timeouts.restore(),
             };
-            hold::run(Path::new(dir), &read_boot_id(Path::new("/"))?, &settings)?;
+            let root = Path::new("/");
+            hold::run(
+                Path::new(dir),
+                &read_boot_id(root)?,
+                &read_kernel_release(root)?,
+                &settings,
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         Some("restore-unit") => {
@@ -111,13 +117,18 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
                 [dir, unit] => (false, dir, unit),
                 _ => bail!("usage: seamless-reboot restore-unit [--in-place] SNAPSHOT_DIR UNIT"),
             };
-            let config = Config::load()?.config;
+            // A restore with the default timeouts beats a cold start when
+            // the configuration cannot be read.
+            let config = Config::load().map(|l| l.config).unwrap_or_else(|e| {
+                eprintln!("seamless-reboot restore-unit: {e:#}; using the default configuration");
+                Config::default()
+            });
             let settings = RestoreSettings {
                 disable_window_scaling: config.network.disable_window_scaling_during_restore,
                 criu_timeout: config.timeouts.restore(),
                 in_place,
             };
-            nextboot::restore_unit(Path::new(dir), unit, &settings)?;
+            nextboot::restore_unit(&LinuxNextBoot, Path::new(dir), unit, &settings)?;
             Ok(ExitCode::SUCCESS)
         }
         Some("watch-kexec") => {
@@ -130,14 +141,14 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
             let [dir] = &args[1..] else {
                 bail!("usage: seamless-reboot finish-restore TRANSACTION_DIR")
             };
-            nextboot::finish_restore(Path::new(dir))?;
+            nextboot::finish_restore(&LinuxNextBoot, Path::new(dir))?;
             Ok(ExitCode::SUCCESS)
         }
         Some("release-unit") => {
             let [dir, unit] = &args[1..] else {
                 bail!("usage: seamless-reboot release-unit SNAPSHOT_DIR UNIT")
             };
-            nextboot::release_unit(Path::new(dir), unit)?;
+            nextboot::release_unit(&LinuxNextBoot, Path::new(dir), unit)?;
             Ok(ExitCode::SUCCESS)
         }
         Some("-h" | "--help" | "help") => {
@@ -416,15 +427,36 @@ fn generator(args: &[String]) -> Result<ExitCode> {
         .context("a generator is called with its output directories")?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let root = Path::new("/");
-    let config = Config::load()?.config;
-    let decision = nextboot::decide(
+    // The marker on the command line decides whether this boot restores;
+    // an unreadable configuration must not turn it into a silent cold
+    // start: the default image store is tried, and the reason is logged.
+    let config = Config::load().map(|l| l.config).unwrap_or_else(|e| {
+        eprintln!("seamless-reboot-generator: {e:#}; using the default configuration");
+        Config::default()
+    });
+    let decision = nextboot::generator_decision(
         &cmdline,
         &config.image_dir,
         &read_boot_id(root)?,
         &read_kernel_release(root)?,
+        Path::new(nextboot::system::RUN_DIR),
     );
-    if let nextboot::Decision::Refused(why) = &decision {
-        eprintln!("seamless-reboot-generator: not restoring: {why}");
+    match &decision {
+        nextboot::Decision::Refused(why) => {
+            eprintln!("seamless-reboot-generator: not restoring: {why}");
+        }
+        nextboot::Decision::Restore {
+            transaction_dir,
+            units,
+            unverified: true,
+            ..
+        } => eprintln!(
+            "seamless-reboot-generator: {} is not mounted yet: restoring {} as the command line \
+             says; the hold checks the snapshot once it is mounted",
+            transaction_dir.display(),
+            units.join(", ")
+        ),
+        _ => {}
     }
     let binary = PathBuf::from("/usr/bin/seamless-reboot");
     nextboot::write_generated(Path::new(out), &decision, &binary)?;

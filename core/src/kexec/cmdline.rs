@@ -11,7 +11,13 @@
 //! * The marker `seamless_reboot.transaction=<id>` is added (any previous
 //!   marker removed). Early in the next boot the restore side finds it with
 //!   [`marker_from_cmdline`] and so knows that this boot is the second half
-//!   of that transaction and not an ordinary boot.
+//!   of that transaction and not an ordinary boot. With it goes
+//!   `seamless_reboot.units=<unit>,<unit>`, the units to restore
+//!   ([`units_from_cmdline`]): the systemd generator runs before any
+//!   filesystem of `/etc/fstab` is mounted, so when the image store is on
+//!   one of them (`/var` on its own filesystem) the command line is all the
+//!   generator can read, and it must still know which units to hold back
+//!   for their restore.
 //!
 //! # Kernel rules followed
 //! * Splitting (`next_arg` in `lib/cmdline.c`/`kernel/params.c`): words are
@@ -44,6 +50,9 @@ pub const ELFCOREHDR_RESERVE: usize = 30;
 
 /// The command line parameter carrying the transaction id.
 pub const MARKER_KEY: &str = "seamless_reboot.transaction";
+
+/// The command line parameter naming the units to restore, comma-separated.
+pub const UNITS_KEY: &str = "seamless_reboot.units";
 
 /// Longest command line, in bytes without the NUL, for a standard x86
 /// kernel (`cmdline_size` 2047): 2016.
@@ -98,6 +107,10 @@ pub enum CmdlineError {
          update's marker would be lost inside it in the next boot"
     )]
     UnterminatedQuote { word: String },
+    /// A unit name that systemd would not accept cannot be named to the
+    /// next boot.
+    #[error("{unit:?} is not a valid systemd unit name")]
+    InvalidUnitName { unit: String },
     /// The result does not fit the kernel's command line buffer.
     #[error(
         "the next kernel command line is {len} bytes, but kexec_file_load accepts at most {max} \
@@ -146,6 +159,51 @@ impl std::str::FromStr for TransactionId {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::new(s)
     }
+}
+
+/// What the next boot reads from its command line: the transaction and the
+/// units it restores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootMarker {
+    pub id: TransactionId,
+    /// Canonical unit names ([`is_valid_unit_name`]).
+    pub units: Vec<String>,
+}
+
+impl BootMarker {
+    /// The marker for `id` restoring `units`; fails on a name that is not a
+    /// valid unit name (it could not be read back from the command line).
+    pub fn new(id: TransactionId, units: &[String]) -> Result<Self, CmdlineError> {
+        if let Some(bad) = units.iter().find(|u| !is_valid_unit_name(u)) {
+            return Err(CmdlineError::InvalidUnitName { unit: bad.clone() });
+        }
+        Ok(BootMarker {
+            id,
+            units: units.to_vec(),
+        })
+    }
+
+    /// The parameters added to the next command line.
+    fn words(&self) -> Vec<String> {
+        let mut words = vec![format!("{MARKER_KEY}={}", self.id)];
+        if !self.units.is_empty() {
+            words.push(format!("{UNITS_KEY}={}", self.units.join(",")));
+        }
+        words
+    }
+}
+
+/// Whether `name` is a unit name as systemd accepts it (`unit_name_is_valid`:
+/// at most 255 characters of `[A-Za-z0-9:_.\\@-]`, with a suffix). Such a
+/// name never needs quoting on the command line and has no comma.
+pub fn is_valid_unit_name(name: &str) -> bool {
+    (3..=255).contains(&name.len())
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b":-_.\\@".contains(&c))
+        && name
+            .rsplit_once('.')
+            .is_some_and(|(stem, suffix)| !stem.is_empty() && !suffix.is_empty())
 }
 
 /// The kernel's `isspace` for command lines (space, \t, \n, \v, \f, \r).
@@ -300,7 +358,7 @@ fn validate_override(arg: &str) -> Result<(), CmdlineError> {
     if key.is_empty() {
         return Err(invalid("empty parameter name"));
     }
-    if keys_equal(key, "BOOT_IMAGE") || keys_equal(key, MARKER_KEY) {
+    if keys_equal(key, "BOOT_IMAGE") || keys_equal(key, MARKER_KEY) || keys_equal(key, UNITS_KEY) {
         return Err(CmdlineError::ReservedOverride {
             arg: arg.to_owned(),
         });
@@ -322,14 +380,16 @@ fn validate_override(arg: &str) -> Result<(), CmdlineError> {
 pub fn build_next_cmdline<S: AsRef<str>>(
     current: &str,
     overrides: &[S],
-    id: &TransactionId,
+    marker: &BootMarker,
     max_len: usize,
 ) -> Result<String, CmdlineError> {
     let words = split_cmdline(current);
     let (mut kernel, init) = split_at_init_args(&words);
     kernel.retain(|w| {
         let key = param_key(w);
-        !keys_equal(key, "BOOT_IMAGE") && !keys_equal(key, MARKER_KEY)
+        !keys_equal(key, "BOOT_IMAGE")
+            && !keys_equal(key, MARKER_KEY)
+            && !keys_equal(key, UNITS_KEY)
     });
 
     for arg in overrides {
@@ -370,8 +430,8 @@ pub fn build_next_cmdline<S: AsRef<str>>(
             word: (*word).to_owned(),
         });
     }
-    let marker = format!("{MARKER_KEY}={id}");
-    kernel.push(&marker);
+    let marker = marker.words();
+    kernel.extend(marker.iter().map(String::as_str));
     let mut line = kernel.join(" ");
     if !init.is_empty() {
         line.push_str(" -- ");
@@ -402,12 +462,33 @@ pub fn marker_from_cmdline(cmdline: &str) -> Option<String> {
     TransactionId::is_valid(value).then(|| value.to_owned())
 }
 
+/// The units the marker of `cmdline` names (`seamless_reboot.units=`), the
+/// last such parameter winning; names that are not valid unit names are
+/// left out. Empty when there is none.
+pub fn units_from_cmdline(cmdline: &str) -> Vec<String> {
+    let words = split_cmdline(cmdline);
+    let (kernel, _) = split_at_init_args(&words);
+    kernel
+        .iter()
+        .rev()
+        .find(|w| has_value(w) && keys_equal(param_key(w), UNITS_KEY))
+        .and_then(|w| param_value(w))
+        .map(|list| {
+            list.split(',')
+                .filter(|u| is_valid_unit_name(u))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn id(s: &str) -> TransactionId {
-        TransactionId::new(s).expect("valid id")
+    /// The marker of transaction `s`, restoring no unit.
+    fn id(s: &str) -> BootMarker {
+        BootMarker::new(TransactionId::new(s).expect("valid id"), &[]).expect("marker")
     }
 
     fn build(current: &str, overrides: &[&str]) -> String {
@@ -669,6 +750,53 @@ mod tests {
         assert_eq!(
             marker_from_cmdline("ro -- seamless_reboot.transaction=a"),
             None
+        );
+    }
+
+    #[test]
+    fn units_round_trip_and_an_old_list_is_replaced() {
+        let units = vec![
+            "nginx.service".to_string(),
+            "getty@tty1.service".to_string(),
+            "a\\x2db.service".to_string(),
+        ];
+        let marker =
+            BootMarker::new(TransactionId::new("t1").expect("id"), &units).expect("marker");
+        let line = build_next_cmdline(
+            "ro seamless_reboot.units=old.service",
+            &[] as &[&str],
+            &marker,
+            DEFAULT_MAX_CMDLINE_LEN,
+        )
+        .expect("builds");
+        assert_eq!(
+            line,
+            "ro seamless_reboot.transaction=t1 \
+             seamless_reboot.units=nginx.service,getty@tty1.service,a\\x2db.service"
+        );
+        assert_eq!(units_from_cmdline(&line), units);
+        assert_eq!(units_from_cmdline("ro quiet"), Vec::<String>::new());
+        // A name systemd would refuse is left out, not trusted.
+        assert_eq!(
+            units_from_cmdline("seamless_reboot.units=a.service,../x,b"),
+            vec!["a.service".to_string()]
+        );
+        let err = BootMarker::new(
+            TransactionId::new("t1").expect("id"),
+            &["a b.service".into()],
+        )
+        .expect_err("refused");
+        assert!(matches!(err, CmdlineError::InvalidUnitName { .. }), "{err}");
+        let err = build_next_cmdline(
+            "ro",
+            &["seamless-reboot.units=x.service"],
+            &id("t1"),
+            DEFAULT_MAX_CMDLINE_LEN,
+        )
+        .expect_err("reserved");
+        assert!(
+            matches!(err, CmdlineError::ReservedOverride { .. }),
+            "{err}"
         );
     }
 

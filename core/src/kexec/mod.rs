@@ -41,7 +41,10 @@ pub use bzimage::{
     BzImageError, BzImageInfo, KernelFileError, KernelImage, check_kernel_file,
     parse_bzimage_header,
 };
-pub use cmdline::{CmdlineError, TransactionId, build_next_cmdline, marker_from_cmdline};
+pub use cmdline::{
+    BootMarker, CmdlineError, TransactionId, build_next_cmdline, marker_from_cmdline,
+    units_from_cmdline,
+};
 pub use initrd::{InitrdChoice, InitrdError, InitrdImage, resolve_initrd};
 pub use syscall::{KexecCall, KexecFlags, KexecSyscalls, LinuxKexec, RecordingKexec};
 
@@ -605,7 +608,7 @@ mod tests {
         let line = build_next_cmdline(
             "BOOT_IMAGE=/boot/vmlinuz-6.1 root=/dev/vda1 ro",
             &["console=ttyS0"],
-            &id,
+            &BootMarker::new(id, &[]).expect("marker"),
             s.kernel.info().max_cmdline_len(),
         )
         .expect("cmdline");

@@ -24,11 +24,8 @@
 //! `release UNIT accept|drop`. The logic is [`HeldUnits`] (tested without a
 //! kernel); [`run`] is the loop around it.
 
-use std::collections::{BTreeSet, HashMap};
-use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -41,10 +38,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-use crate::manifest::{Manifest, TcpConnection, UnitSnapshot, claim, read_claim, read_outcomes};
-use crate::netqueue::{Flow, PacketQueue, QueuedPacket, Verdict};
+use crate::layout::TransactionDir;
+use crate::manifest::{Manifest, UnitSnapshot, claim, read_claim, read_outcomes};
+use crate::netqueue::{Flow, PacketQueue, Verdict};
 use crate::pid_reserve::{PidReservation, ReserveError};
-use crate::transaction::{HOLD_RULES_FILE, unit_dir_name};
 
 /// The NFQUEUE the hold rules send packets to ("SR").
 pub const HOLD_QUEUE: u16 = 0x5352;
@@ -79,402 +76,63 @@ pub struct HoldSettings {
     pub restore_timeout: Duration,
 }
 
-/// The nftables table that holds every checkpointed connection.
-pub const HOLD_TABLE: &str = "seamless-reboot-hold";
+mod held;
+mod protocol;
+mod rules;
+#[cfg(test)]
+mod tests;
 
-/// The set of the unit at `index` of the manifest, for IPv4 or IPv6 flows.
-fn flow_set(index: usize, ipv6: bool) -> String {
-    format!("unit{index}_{}", if ipv6 { "v6" } else { "v4" })
-}
+pub use held::{Arrival, HeldUnits, Release, needed_pids};
+pub use protocol::{HoldClient, Request};
+pub use rules::{
+    HOLD_TABLE, criu_locked_flows, hold_rules, inbound_flow, release_rules, unit_flows,
+};
 
-/// An address as the packet carries it: IPv4 connections accepted on a
-/// dual-stack socket show as `::ffff:a.b.c.d` in the socket tables.
-fn on_the_wire(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
-            None => addr,
-        },
-        SocketAddr::V4(_) => addr,
-    }
-}
-
-/// The flow of the peer's packets for a connection, as the queue reports it.
-pub fn inbound_flow(connection: &TcpConnection) -> Flow {
-    Flow {
-        source: on_the_wire(connection.remote),
-        destination: on_the_wire(connection.local),
-    }
-}
-
-/// The hold's nftables table: per unit a set of the flows of its peers'
-/// packets (IPv4 and IPv6), and one rule per set sending matching packets
-/// to `queue` (or dropping them).
+/// Checks that the snapshot in `transaction_dir` is this boot's to restore
+/// and claims it for this boot; its manifest.
 ///
-/// Why this shape:
-/// - A unit is released by flushing its sets. Deleting a rule's chain or
-///   table instead would unregister a hook, and the kernel then discards
-///   every packet waiting in the queue, other units' too.
-/// - The hook is prerouting at priority -300: after defragmentation and
-///   before connection tracking, so a held packet is tracked only when it
-///   is re-injected, after the restored socket exists.
-/// - Only the peers' packets are held. The new kernel sends nothing on
-///   these connections by itself (a reset only answers a packet, and those
-///   are held), and once CRIU has restored a socket, what it sends (a
-///   window probe as it leaves repair mode, the service's replies) should
-///   reach the peer at once: blocking it would also swallow the
-///   acknowledgements of the packets re-injected at the release.
-pub fn hold_rules(units: &[Vec<Flow>], queue: Option<u16>) -> String {
-    let verdict = match queue {
-        Some(number) => format!("queue num {number}"),
-        None => "drop".to_string(),
-    };
-    let mut sets = String::new();
-    let mut rules = String::new();
-    for (index, flows) in units.iter().enumerate() {
-        for ipv6 in [false, true] {
-            let (address, family) = if ipv6 {
-                ("ipv6_addr", "ip6")
-            } else {
-                ("ipv4_addr", "ip")
-            };
-            let elements: Vec<String> = flows
-                .iter()
-                .filter(|f| f.source.is_ipv6() == ipv6 && f.destination.is_ipv6() == ipv6)
-                .map(|f| {
-                    format!(
-                        "{} . {} . {} . {}",
-                        f.source.ip(),
-                        f.source.port(),
-                        f.destination.ip(),
-                        f.destination.port()
-                    )
-                })
-                .collect();
-            let set = flow_set(index, ipv6);
-            let _ = write!(
-                sets,
-                "  set {set} {{\n    type {address} . inet_service . {address} . inet_service\n"
-            );
-            if !elements.is_empty() {
-                let _ = writeln!(sets, "    elements = {{ {} }}", elements.join(", "));
-            }
-            sets.push_str("  }\n");
-            let _ = writeln!(
-                rules,
-                "    {family} saddr . tcp sport . {family} daddr . tcp dport @{set} {verdict}"
-            );
-        }
+/// The generator may have decided from the command line alone (the image
+/// store's filesystem was not mounted yet when it ran), so this is where
+/// the snapshot is checked in every boot: it must be the transaction the
+/// directory is named after, taken in another boot for this kernel, and
+/// not consumed by another boot. Without the claim no unit is restored
+/// ([`super::claimed_by_this_boot`]): each starts with its own command.
+pub fn claim_snapshot(transaction_dir: &Path, boot_id: &str, release: &str) -> Result<Manifest> {
+    let named = TransactionDir::at(transaction_dir)?.id().to_string();
+    let manifest = Manifest::read_from(transaction_dir)?;
+    if manifest.transaction_id != named {
+        bail!(
+            "{} holds transaction {}, not {named}",
+            transaction_dir.display(),
+            manifest.transaction_id
+        );
     }
-    format!(
-        "table inet {HOLD_TABLE} {{\n{sets}  chain prerouting {{\n    type filter hook prerouting priority -300; policy accept;\n{rules}  }}\n}}\n"
-    )
-}
-
-/// The nft commands that stop holding the unit at `index`.
-pub fn release_rules(index: usize) -> String {
-    [false, true]
-        .iter()
-        .map(|&ipv6| format!("flush set inet {HOLD_TABLE} {}\n", flow_set(index, ipv6)))
-        .collect()
-}
-
-/// The flows CRIU locked when it checkpointed a unit, from its saved lock
-/// table (`nft list table` output: sets `conns4`/`conns6` whose elements
-/// are `address . port . address . port`). CRIU locks exactly what it
-/// dumped, so this covers connections that opened after the plan.
-pub fn criu_locked_flows(table_text: &str) -> Vec<Flow> {
-    let mut flows = Vec::new();
-    for set in ["conns4", "conns6"] {
-        let Some(start) = table_text.find(&format!("set {set} {{")) else {
-            continue;
-        };
-        let block = &table_text[start..];
-        let block = &block[..block_end(block).unwrap_or(block.len())];
-        let Some(at) = block.find("elements = {") else {
-            continue;
-        };
-        let body = &block[at + "elements = {".len()..];
-        let body = &body[..body.find('}').unwrap_or(body.len())];
-        for element in body.split(',') {
-            let parts: Vec<&str> = element.split(" . ").map(str::trim).collect();
-            if let [a, p, b, q] = parts.as_slice()
-                && let (Ok(a), Ok(p), Ok(b), Ok(q)) = (
-                    a.parse::<IpAddr>(),
-                    p.parse::<u16>(),
-                    b.parse::<IpAddr>(),
-                    q.parse::<u16>(),
-                )
-            {
-                flows.push(Flow {
-                    source: on_the_wire(SocketAddr::new(a, p)),
-                    destination: on_the_wire(SocketAddr::new(b, q)),
-                });
-            }
-        }
-    }
-    flows
-}
-
-/// Where the `{ ... }` block that starts in `text` ends (after its `}`).
-fn block_end(text: &str) -> Option<usize> {
-    let mut depth = 0usize;
-    for (i, c) in text.char_indices() {
-        match c {
-            '{' => depth += 1,
-            '}' => {
-                depth = depth.checked_sub(1)?;
-                if depth == 0 {
-                    return Some(i + 1);
-                }
-            }
-            _ => {}
-        }
-    }
-    None
-}
-
-/// The flows to hold for a unit: its peers' side of each planned
-/// connection, and whatever CRIU locked at the dump.
-pub fn unit_flows(unit: &UnitSnapshot, criu_lock: &str) -> Vec<Flow> {
-    let mut flows: Vec<Flow> = unit.connections.iter().map(inbound_flow).collect();
-    for flow in criu_locked_flows(criu_lock) {
-        if !flows.contains(&flow) {
-            flows.push(flow);
-        }
-    }
-    flows
-}
-
-/// A request from a restore helper.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
-    /// Free the unit's reserved pids (CRIU is about to fork them).
-    FreePids(String),
-    /// Give the unit's connections to the new kernel: its held packets are
-    /// accepted (re-injected) or dropped.
-    Release(String, Verdict),
-    /// Whether the unit is still held.
-    Holds(String),
-}
-
-impl Request {
-    /// Parses one request line.
-    pub fn parse(line: &str) -> Result<Self> {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["free-pids", unit] => Ok(Request::FreePids((*unit).to_string())),
-            ["release", unit, "accept"] => {
-                Ok(Request::Release((*unit).to_string(), Verdict::Accept))
-            }
-            ["release", unit, "drop"] => Ok(Request::Release((*unit).to_string(), Verdict::Drop)),
-            ["holds", unit] => Ok(Request::Holds((*unit).to_string())),
-            _ => bail!("not a hold request: {line:?}"),
-        }
-    }
-
-    /// The request as one line (without the newline).
-    pub fn to_line(&self) -> String {
-        match self {
-            Request::FreePids(unit) => format!("free-pids {unit}"),
-            Request::Release(unit, Verdict::Accept) => format!("release {unit} accept"),
-            Request::Release(unit, Verdict::Drop) => format!("release {unit} drop"),
-            Request::Holds(unit) => format!("holds {unit}"),
-        }
-    }
-}
-
-#[derive(Debug)]
-struct HeldUnit {
-    name: String,
-    index: usize,
-    pids: Vec<i32>,
-    /// This unit's packets waiting in the queue (id and flow), oldest first.
-    queued: Vec<(u32, Flow)>,
-    released: bool,
-}
-
-/// Which units each held connection belongs to, and what is waiting for it.
-///
-/// A flow may belong to two units: a connection over loopback between two
-/// checkpointed units (a proxy and its backend) is in both units' sets, in
-/// both directions (CRIU locks both). Its packets are held until every unit
-/// listing the flow is released, since until then one end may have no
-/// socket, and a packet accepted there draws a reset that kills the
-/// connection for the end restored first.
-#[derive(Debug)]
-pub struct HeldUnits {
-    units: Vec<HeldUnit>,
-    /// The units (manifest indexes, ascending) listing each flow.
-    by_flow: HashMap<Flow, Vec<usize>>,
-}
-
-/// What to do with a packet that just arrived in the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arrival {
-    /// Keep it until its unit is released.
-    Held,
-    /// Decide now.
-    Now(Verdict),
-}
-
-/// What releasing a unit takes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Release {
-    /// The unit's index in the manifest (its sets).
-    pub index: usize,
-    /// The queued packets, oldest first, and the verdict for them.
-    pub packets: Vec<u32>,
-    pub verdict: Verdict,
-}
-
-impl HeldUnits {
-    /// The units of `manifest`, in its order (the set index), holding
-    /// `flows[i]` for unit `i`. Units in `done` (restored or cold-started
-    /// earlier in this boot) are released already.
-    pub fn new(manifest: &Manifest, flows: &[Vec<Flow>], done: &[String]) -> Self {
-        let mut by_flow: HashMap<Flow, Vec<usize>> = HashMap::new();
-        let units = manifest
-            .units
-            .iter()
-            .enumerate()
-            .map(|(index, unit)| {
-                let released = done.contains(&unit.unit);
-                if !released {
-                    for flow in flows.get(index).into_iter().flatten() {
-                        let owners = by_flow.entry(*flow).or_default();
-                        if !owners.contains(&index) {
-                            owners.push(index);
-                        }
-                    }
-                }
-                HeldUnit {
-                    name: unit.unit.clone(),
-                    index,
-                    pids: needed_pids(unit),
-                    queued: Vec::new(),
-                    released,
-                }
-            })
-            .collect();
-        HeldUnits { units, by_flow }
-    }
-
-    /// A packet from the queue.
-    pub fn arrived(&mut self, packet: &QueuedPacket) -> Arrival {
-        let Some(flow) = packet.flow else {
-            // Only our rules feed this queue, so an unreadable packet is
-            // one of ours: let TCP retransmit it rather than draw a reset.
-            return Arrival::Now(Verdict::Drop);
-        };
-        match self.holder_of(&flow, None) {
-            Some(index) => {
-                self.units[index].queued.push((packet.id, flow));
-                Arrival::Held
-            }
-            // Queued just before the last of its units was released (the
-            // sockets are back), or not one of our flows: not ours to hold.
-            None => Arrival::Now(Verdict::Accept),
-        }
-    }
-
-    /// The first unit still held that lists `flow`, other than `except`.
-    fn holder_of(&self, flow: &Flow, except: Option<usize>) -> Option<usize> {
-        self.by_flow.get(flow)?.iter().copied().find(|&index| {
-            Some(index) != except && self.units.get(index).is_some_and(|u| !u.released)
-        })
-    }
-
-    /// The pids to free for `unit`.
-    pub fn pids_of(&self, unit: &str) -> Result<Vec<i32>> {
-        Ok(self.unit(unit)?.pids.clone())
-    }
-
-    /// Releases `unit`; an error for an unknown or already released unit.
-    pub fn release(&mut self, unit: &str, verdict: Verdict) -> Result<Release> {
-        let index = self
-            .units
-            .iter()
-            .position(|u| u.name == unit)
-            .with_context(|| format!("{unit} is not held"))?;
-        if self.units[index].released {
-            bail!("{unit} was already released");
-        }
-        self.units[index].released = true;
-        // A packet whose flow another held unit lists too (the other end of a
-        // loopback connection) waits for that unit instead.
-        let mut packets = Vec::new();
-        for (id, flow) in std::mem::take(&mut self.units[index].queued) {
-            match self.holder_of(&flow, Some(index)) {
-                Some(other) => self.units[other].queued.push((id, flow)),
-                None => packets.push(id),
-            }
-        }
-        Ok(Release {
-            index: self.units[index].index,
-            packets,
-            verdict,
-        })
-    }
-
-    /// The manifest index of `unit`.
-    fn index_of(&self, unit: &str) -> Result<usize> {
-        Ok(self.unit(unit)?.index)
-    }
-
-    /// Whether `unit` is held (known and not released).
-    pub fn holds(&self, unit: &str) -> bool {
-        self.units.iter().any(|u| u.name == unit && !u.released)
-    }
-
-    /// Units not released yet.
-    pub fn remaining(&self) -> Vec<String> {
-        self.units
-            .iter()
-            .filter(|u| !u.released)
-            .map(|u| u.name.clone())
-            .collect()
-    }
-
-    fn unit(&self, unit: &str) -> Result<&HeldUnit> {
-        self.units
-            .iter()
-            .find(|u| u.name == unit)
-            .with_context(|| format!("{unit} is not held"))
-    }
-}
-
-/// Every pid and thread id CRIU will give the unit's processes.
-pub fn needed_pids(unit: &UnitSnapshot) -> Vec<i32> {
-    let set: BTreeSet<i32> = unit
-        .pids
-        .iter()
-        .chain(&unit.thread_ids)
-        .copied()
-        .filter(|&p| p > 0)
-        .collect();
-    set.into_iter().collect()
-}
-
-/// Claims the snapshot for this boot (an error if another boot did).
-fn claim_for_this_boot(transaction_dir: &Path, boot_id: &str) -> Result<()> {
+    manifest.check_transition(boot_id, release)?;
     match claim(transaction_dir, boot_id) {
-        Ok(_) => Ok(()),
-        Err(e) => match read_claim(transaction_dir) {
-            Ok(Some(c)) if c.boot_id == boot_id => Ok(()), // the hold ran again this boot
-            _ => Err(e.into()),
+        Ok(_) => {}
+        Err(e) => match read_claim(transaction_dir)? {
+            Some(c) if c.boot_id == boot_id => {} // the hold ran again this boot
+            Some(c) => bail!("the snapshot was already consumed by boot {}", c.boot_id),
+            None => return Err(e.into()),
         },
     }
+    Ok(manifest)
 }
 
-/// The hold unit's process: claim the snapshot, reserve the pids, hold the
-/// connections, tell systemd it is ready, then serve the restore helpers
-/// until every unit is released, the deadline passes or SIGTERM comes.
+/// The hold unit's process: check and claim the snapshot, reserve the pids,
+/// hold the connections, tell systemd it is ready, then serve the restore
+/// helpers until every unit is released, the deadline passes or SIGTERM
+/// comes.
 ///
 /// Must run single-threaded: the pid placeholders are forked without exec.
-pub fn run(transaction_dir: &Path, boot_id: &str, settings: &HoldSettings) -> Result<()> {
-    claim_for_this_boot(transaction_dir, boot_id)?;
-    let manifest = Manifest::read_from(transaction_dir)?;
+pub fn run(
+    transaction_dir: &Path,
+    boot_id: &str,
+    release: &str,
+    settings: &HoldSettings,
+) -> Result<()> {
+    let manifest = claim_snapshot(transaction_dir, boot_id, release)
+        .context("not restoring: every unit of the snapshot starts with its own command")?;
     // Started again in this boot (a restored unit was restarted): units
     // with an outcome are back already and must not be held again.
     let done: Vec<String> = read_outcomes(transaction_dir)
@@ -499,9 +157,9 @@ pub fn run(transaction_dir: &Path, boot_id: &str, settings: &HoldSettings) -> Re
             if done.contains(&unit.unit) {
                 return Vec::new();
             }
-            let lock = transaction_dir
-                .join(unit_dir_name(&unit.unit))
-                .join(HOLD_RULES_FILE);
+            let lock = TransactionDir::at(transaction_dir)
+                .map(|layout| layout.hold_rules(&unit.unit))
+                .unwrap_or_default();
             unit_flows(unit, &fs::read_to_string(lock).unwrap_or_default())
         })
         .collect();
@@ -805,7 +463,7 @@ fn verdict_or_log(queue: &PacketQueue, id: u32, verdict: Verdict) {
 }
 
 /// Applies an nftables ruleset given as text.
-fn nft_apply(rules: &str) -> Result<()> {
+pub(crate) fn nft_apply(rules: &str) -> Result<()> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -867,358 +525,5 @@ fn notify_systemd(state: &str) {
         .and_then(|address| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &address));
     if let Err(e) = sent {
         tracing::warn!("cannot notify systemd: {e}");
-    }
-}
-
-/// The restore helper's side: asks the hold process, if one runs.
-#[derive(Debug)]
-pub struct HoldClient {
-    socket: PathBuf,
-}
-
-impl HoldClient {
-    /// The hold of this boot, or `None` when there is none (an in-place
-    /// restore after a failed checkpoint, or a hold that could not start).
-    pub fn find() -> Option<Self> {
-        let socket = PathBuf::from(HOLD_SOCKET);
-        socket.exists().then_some(HoldClient { socket })
-    }
-
-    /// Sends one request; returns the reply's text after `ok`.
-    pub fn ask(&self, request: &Request) -> Result<String> {
-        let mut stream = UnixStream::connect(&self.socket)
-            .with_context(|| format!("cannot reach the hold at {}", self.socket.display()))?;
-        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-        stream.write_all(format!("{}\n", request.to_line()).as_bytes())?;
-        let mut reply = String::new();
-        BufReader::new(&stream)
-            .read_line(&mut reply)
-            .context("no answer from the hold")?;
-        let reply = reply.trim();
-        match reply.split_once(' ').unwrap_or((reply, "")) {
-            ("ok", rest) => Ok(rest.to_string()),
-            ("error", why) => bail!("the hold refused `{}`: {why}", request.to_line()),
-            _ => bail!("the hold answered {reply:?}"),
-        }
-    }
-
-    /// Frees the unit's reserved pids (the caller then checks that none is
-    /// in use: a pid taken before the hold ran is a collision).
-    pub fn free_pids(&self, unit: &str) -> Result<String> {
-        self.ask(&Request::FreePids(unit.to_string()))
-    }
-
-    /// Whether the hold still holds `unit` (false when it cannot tell).
-    pub fn holds(&self, unit: &str) -> bool {
-        self.ask(&Request::Holds(unit.to_string()))
-            .is_ok_and(|reply| reply == "yes")
-    }
-
-    /// Gives the unit's connections to the new kernel.
-    pub fn release(&self, unit: &str, verdict: Verdict) -> Result<String> {
-        self.ask(&Request::Release(unit.to_string(), verdict))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::manifest::FORMAT_VERSION;
-
-    fn conn(local: &str, remote: &str) -> TcpConnection {
-        TcpConnection {
-            local: local.parse().expect("local"),
-            remote: remote.parse().expect("remote"),
-        }
-    }
-
-    fn snapshot(
-        unit: &str,
-        pids: &[i32],
-        threads: &[i32],
-        connections: Vec<TcpConnection>,
-    ) -> UnitSnapshot {
-        UnitSnapshot {
-            unit: unit.into(),
-            images_dir: format!("{unit}/images"),
-            main_pid: pids[0],
-            pids: pids.to_vec(),
-            thread_ids: threads.to_vec(),
-            exec_start: vec!["/bin/true".into()],
-            connections,
-            journal_socket_inodes: vec![],
-            pid_file: None,
-            mount_sandbox: None,
-            shm_files: vec![],
-            frozen_ms: 1,
-            images: vec![],
-        }
-    }
-
-    fn manifest() -> Manifest {
-        Manifest {
-            format_version: FORMAT_VERSION,
-            transaction_id: "t1-1".into(),
-            created_unix: 1,
-            source_boot_id: "b".into(),
-            source_kernel: "a".into(),
-            target_kernel: "b".into(),
-            units: vec![
-                snapshot(
-                    "a.service",
-                    &[550, 560],
-                    &[561, 550],
-                    vec![
-                        conn("10.0.2.15:7000", "10.0.2.2:40000"),
-                        conn("[::ffff:10.0.2.15]:7000", "[::ffff:10.0.2.2]:40001"),
-                    ],
-                ),
-                snapshot(
-                    "b.service",
-                    &[600],
-                    &[],
-                    vec![conn("[2001:db8::1]:22", "[2001:db8::2]:5000")],
-                ),
-            ],
-            restart_units: vec![],
-        }
-    }
-
-    fn packet(id: u32, source: &str, destination: &str) -> QueuedPacket {
-        QueuedPacket {
-            id,
-            flow: Some(Flow {
-                source: source.parse().expect("source"),
-                destination: destination.parse().expect("destination"),
-            }),
-        }
-    }
-
-    fn flows(m: &Manifest) -> Vec<Vec<Flow>> {
-        m.units.iter().map(|u| unit_flows(u, "")).collect()
-    }
-
-    #[test]
-    fn rules_queue_the_peers_packets_per_unit_set() {
-        let m = manifest();
-        let rules = hold_rules(&flows(&m), Some(21330));
-        assert!(
-            rules.starts_with("table inet seamless-reboot-hold {"),
-            "{rules}"
-        );
-        // The dual-stack connection is matched as the IPv4 packets it sends.
-        assert!(
-            rules.contains(
-                "elements = { 10.0.2.2 . 40000 . 10.0.2.15 . 7000, 10.0.2.2 . 40001 . 10.0.2.15 . 7000 }"
-            ),
-            "{rules}"
-        );
-        assert!(rules.contains("set unit0_v4 {"), "{rules}");
-        assert!(rules.contains("set unit1_v6 {"), "{rules}");
-        assert!(
-            rules.contains("elements = { 2001:db8::2 . 5000 . 2001:db8::1 . 22 }"),
-            "{rules}"
-        );
-        assert!(
-            rules.contains("ip saddr . tcp sport . ip daddr . tcp dport @unit0_v4 queue num 21330"),
-            "{rules}"
-        );
-        assert!(
-            rules.contains(
-                "ip6 saddr . tcp sport . ip6 daddr . tcp dport @unit1_v6 queue num 21330"
-            ),
-            "{rules}"
-        );
-        // Before connection tracking; nothing the restored socket sends is held.
-        assert!(rules.contains("hook prerouting priority -300"), "{rules}");
-        assert!(!rules.contains("output"), "{rules}");
-        assert!(!rules.contains("ffff"), "{rules}");
-        assert_eq!(rules.matches('{').count(), rules.matches('}').count());
-        let dropped = hold_rules(&flows(&m), None);
-        assert!(dropped.contains("@unit1_v6 drop"), "{dropped}");
-        assert!(!dropped.contains("queue"), "{dropped}");
-        // A release empties the unit's sets; it never deletes a chain, which
-        // would make the kernel discard every queued packet.
-        assert_eq!(
-            release_rules(1),
-            "flush set inet seamless-reboot-hold unit1_v4\nflush set inet seamless-reboot-hold unit1_v6\n"
-        );
-    }
-
-    #[test]
-    fn flows_criu_locked_at_the_dump_are_held_too() {
-        let criu = "table inet CRIU-563 {\n\tset conns4 {\n\t\ttype ipv4_addr . inet_service . ipv4_addr . inet_service\n\t\telements = { 10.0.2.15 . 7000 . 10.0.2.2 . 40000,\n\t\t\t     10.0.2.2 . 40009 . 10.0.2.15 . 7000 }\n\t}\n\n\tset conns6 {\n\t\ttype ipv6_addr . inet_service . ipv6_addr . inet_service\n\t}\n\n\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n\t\tmeta mark != 0xc114 ip saddr . tcp sport . ip daddr . tcp dport @conns4 drop\n\t}\n}\n";
-        let locked = criu_locked_flows(criu);
-        assert_eq!(locked.len(), 2, "{locked:?}");
-        assert_eq!(locked[1].source, "10.0.2.2:40009".parse().expect("addr"));
-        let m = manifest();
-        let all = unit_flows(&m.units[0], criu);
-        // The planned two, plus both directions CRIU locked, without repeats.
-        assert_eq!(all.len(), 4, "{all:?}");
-        assert!(all.contains(&Flow {
-            source: "10.0.2.2:40009".parse().expect("addr"),
-            destination: "10.0.2.15:7000".parse().expect("addr"),
-        }));
-        assert!(criu_locked_flows("").is_empty());
-        assert!(criu_locked_flows("set conns4 { elements = { garbage, 1 . 2 } }").is_empty());
-    }
-
-    #[test]
-    fn packets_are_held_per_unit_and_released_in_order() {
-        let m = manifest();
-        let mut held = HeldUnits::new(&m, &flows(&m), &[]);
-        assert_eq!(
-            held.arrived(&packet(7, "10.0.2.2:40000", "10.0.2.15:7000")),
-            Arrival::Held
-        );
-        assert_eq!(
-            held.arrived(&packet(9, "[2001:db8::2]:5000", "[2001:db8::1]:22")),
-            Arrival::Held
-        );
-        assert_eq!(
-            held.arrived(&packet(8, "10.0.2.2:40001", "10.0.2.15:7000")),
-            Arrival::Held
-        );
-        // Not one of ours: let through. Unreadable (only ours come here):
-        // dropped, so the new kernel cannot answer it with a reset.
-        assert_eq!(
-            held.arrived(&packet(10, "10.0.2.2:40002", "10.0.2.15:7000")),
-            Arrival::Now(Verdict::Accept)
-        );
-        assert_eq!(
-            held.arrived(&QueuedPacket { id: 11, flow: None }),
-            Arrival::Now(Verdict::Drop)
-        );
-
-        let a = held
-            .release("a.service", Verdict::Accept)
-            .expect("release a");
-        assert_eq!(
-            a,
-            Release {
-                index: 0,
-                packets: vec![7, 8],
-                verdict: Verdict::Accept
-            }
-        );
-        assert_eq!(held.remaining(), vec!["b.service".to_string()]);
-        assert!(!held.holds("a.service") && held.holds("b.service"));
-        // Late packets of a released unit go through.
-        assert_eq!(
-            held.arrived(&packet(12, "10.0.2.2:40000", "10.0.2.15:7000")),
-            Arrival::Now(Verdict::Accept)
-        );
-        assert!(
-            held.release("a.service", Verdict::Accept).is_err(),
-            "released twice"
-        );
-        assert!(
-            held.release("c.service", Verdict::Accept).is_err(),
-            "unknown unit"
-        );
-        let b = held.release("b.service", Verdict::Drop).expect("release b");
-        assert_eq!((b.index, b.packets, b.verdict), (1, vec![9], Verdict::Drop));
-        assert!(held.remaining().is_empty());
-    }
-
-    /// A proxy and its backend on the same host, both checkpointed: their
-    /// loopback connection is in both units' sets, in both directions, as
-    /// CRIU's lock tables list it. Whichever unit is released first, a
-    /// packet towards the other is held until that one is released too.
-    #[test]
-    fn a_loopback_connection_between_two_units_waits_for_both() {
-        let lock = |a: &str, b: &str| {
-            format!(
-                "table inet CRIU-1 {{\n\tset conns4 {{\n\t\ttype ipv4_addr . inet_service . ipv4_addr . inet_service\n\t\telements = {{ {a}, {b} }}\n\t}}\n}}\n"
-            )
-        };
-        let backend = snapshot(
-            "backend.service",
-            &[700],
-            &[],
-            vec![conn("127.0.0.1:80", "127.0.0.1:45000")],
-        );
-        let proxy = snapshot(
-            "proxy.service",
-            &[800],
-            &[],
-            vec![conn("127.0.0.1:45000", "127.0.0.1:80")],
-        );
-        let locks = lock(
-            "127.0.0.1 . 80 . 127.0.0.1 . 45000",
-            "127.0.0.1 . 45000 . 127.0.0.1 . 80",
-        );
-        let mut m = manifest();
-        m.units = vec![backend, proxy];
-        let flows: Vec<Vec<Flow>> = m.units.iter().map(|u| unit_flows(u, &locks)).collect();
-        for first in ["backend.service", "proxy.service"] {
-            let second = if first == "backend.service" {
-                "proxy.service"
-            } else {
-                "backend.service"
-            };
-            let mut held = HeldUnits::new(&m, &flows, &[]);
-            let to_proxy = packet(1, "127.0.0.1:80", "127.0.0.1:45000");
-            let to_backend = packet(2, "127.0.0.1:45000", "127.0.0.1:80");
-            assert_eq!(held.arrived(&to_proxy), Arrival::Held, "{first}");
-            assert_eq!(held.arrived(&to_backend), Arrival::Held, "{first}");
-            let early = held.release(first, Verdict::Accept).expect("first");
-            assert!(early.packets.is_empty(), "{first}: {early:?}");
-            // Sent by the end restored first, towards the other: held.
-            let sent_by_first = if first == "backend.service" {
-                packet(3, "127.0.0.1:80", "127.0.0.1:45000")
-            } else {
-                packet(3, "127.0.0.1:45000", "127.0.0.1:80")
-            };
-            assert_eq!(held.arrived(&sent_by_first), Arrival::Held, "{first}");
-            let late = held.release(second, Verdict::Accept).expect("second");
-            assert_eq!(late.packets, vec![1, 2, 3], "{first} then {second}");
-            // Both ends are back: nothing more is held.
-            assert_eq!(held.arrived(&to_proxy), Arrival::Now(Verdict::Accept));
-        }
-    }
-
-    #[test]
-    fn units_restored_earlier_in_the_boot_are_not_held_again() {
-        let m = manifest();
-        let mut held = HeldUnits::new(&m, &flows(&m), &["a.service".to_string()]);
-        assert_eq!(held.remaining(), vec!["b.service".to_string()]);
-        assert_eq!(
-            held.arrived(&packet(7, "10.0.2.2:40000", "10.0.2.15:7000")),
-            Arrival::Now(Verdict::Accept)
-        );
-    }
-
-    #[test]
-    fn pids_and_thread_ids_are_reserved_once_each() {
-        let m = manifest();
-        let held = HeldUnits::new(&m, &flows(&m), &[]);
-        assert_eq!(held.pids_of("a.service").expect("a"), vec![550, 560, 561]);
-        assert_eq!(held.pids_of("b.service").expect("b"), vec![600]);
-        assert!(held.pids_of("c.service").is_err());
-    }
-
-    #[test]
-    fn requests_round_trip_and_garbage_is_refused() {
-        for request in [
-            Request::FreePids("a@b.service".into()),
-            Request::Release("a.service".into(), Verdict::Accept),
-            Request::Release("a.service".into(), Verdict::Drop),
-            Request::Holds("a.service".into()),
-        ] {
-            assert_eq!(
-                Request::parse(&format!("{}\n", request.to_line())).expect("parse"),
-                request
-            );
-        }
-        for bad in [
-            "",
-            "free-pids",
-            "release a.service",
-            "release a.service maybe",
-            "reboot now",
-        ] {
-            assert!(Request::parse(bad).is_err(), "{bad:?}");
-        }
     }
 }
