@@ -1146,3 +1146,40 @@ mod procnet {
         assert!(parse_inet_table(&row, Family::V6, Path::new("/proc/net/tcp6")).is_err());
     }
 }
+
+mod kernel_release {
+    //! `compare_releases`: a total order, whatever the strings, so the
+    //! downgrade check never depends on which side is asked first.
+    use std::cmp::Ordering;
+
+    use super::*;
+    use crate::kexec::compare_releases;
+
+    /// Releases shaped like kernels' (`6.12.95+deb12-amd64`, `6.13~rc1`),
+    /// or any text.
+    fn release() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[0-9]{1,2}\\.[0-9]{1,3}(\\.[0-9]{1,3})?([~+-][a-z0-9]{1,6}){0,2}(-amd64)?",
+            text(12),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(runner(2000))]
+
+        #[test]
+        fn the_order_is_antisymmetric_and_transitive(
+            a in release(),
+            b in release(),
+            c in release(),
+        ) {
+            prop_assert_eq!(compare_releases(&a, &a), Ordering::Equal);
+            prop_assert_eq!(compare_releases(&a, &b), compare_releases(&b, &a).reverse());
+            if compare_releases(&a, &b) != Ordering::Greater
+                && compare_releases(&b, &c) != Ordering::Greater
+            {
+                prop_assert_ne!(compare_releases(&a, &c), Ordering::Greater, "{} {} {}", a, b, c);
+            }
+        }
+    }
+}

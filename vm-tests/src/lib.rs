@@ -6,7 +6,8 @@
 //! under QEMU ([`vm`]), installs this workspace's binaries into that fresh
 //! layer ([`layer`]), drives it over ssh ([`guest`]) and measures live TCP
 //! clients on the host ([`clients`], [`traffic`]) while the guest kexecs.
-//! Each scenario ([`scenario`], [`faults`]) writes a JSON report ([`report`]).
+//! Each scenario ([`scenario`], [`faults`]) writes a JSON report ([`report`]);
+//! one runs its guest with `/var` on a second disk ([`var_disk`]).
 
 pub mod clients;
 pub mod debian_clients;
@@ -23,4 +24,5 @@ pub mod report;
 pub mod scenario;
 pub mod services;
 pub mod traffic;
+pub mod var_disk;
 pub mod vm;

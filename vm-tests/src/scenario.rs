@@ -29,6 +29,8 @@ const DBUS_DEST: &str =
 
 /// The port the lab's test service listens on in the guest.
 pub const LAB_SERVICE_PORT: u16 = 7777;
+/// The port of the lab's second test service (`lab-blocker.service`).
+pub const LAB_BLOCKER_PORT: u16 = 7778;
 /// The port Debian's nginx serves its default site on.
 pub const NGINX_PORT: u16 = 80;
 /// How long a kexec may take until the guest answers from its new boot.
@@ -191,7 +193,14 @@ impl Session<'_> {
 
     /// Asks the test service for its state over a new connection.
     pub fn probe(&self) -> Result<StateReply> {
-        probe_state(&self.lab.bin_dir, &self.service_target()?, &self.wrapper())
+        self.probe_at(LAB_SERVICE_PORT)
+    }
+
+    /// Asks the test service listening on `guest_port` (forwarded) for its
+    /// state over a new connection.
+    pub fn probe_at(&self, guest_port: u16) -> Result<StateReply> {
+        let target = self.target_at(guest_port)?;
+        probe_state(&self.lab.bin_dir, &target, &self.wrapper())
     }
 
     /// The prefix that runs a host command where the guest's QEMU runs.
@@ -205,16 +214,24 @@ impl Session<'_> {
 
     /// host:port where the test service is reached from the host.
     pub fn service_target(&self) -> Result<String> {
-        Ok(format!(
-            "127.0.0.1:{}",
-            self.vm.host_port(LAB_SERVICE_PORT)?
-        ))
+        self.target_at(LAB_SERVICE_PORT)
+    }
+
+    /// host:port where guest port `guest_port` (forwarded) is reached.
+    pub fn target_at(&self, guest_port: u16) -> Result<String> {
+        Ok(format!("127.0.0.1:{}", self.vm.host_port(guest_port)?))
     }
 
     /// Starts a host client against the test service through QEMU's user
     /// network (slirp).
     pub fn start_client(&mut self, name: &str, spec: ClientSpec) -> Result<()> {
-        let target = self.service_target()?;
+        self.start_client_at(name, spec, LAB_SERVICE_PORT)
+    }
+
+    /// Starts a host client through QEMU's user network against the test
+    /// service listening on `guest_port` (forwarded).
+    pub fn start_client_at(&mut self, name: &str, spec: ClientSpec, guest_port: u16) -> Result<()> {
+        let target = self.target_at(guest_port)?;
         self.start_client_to(name, spec, &target)
     }
 
@@ -335,10 +352,13 @@ impl Session<'_> {
         Ok((pid, self.unit_active_since_unix(unit)?))
     }
 
-    /// Whether every client has ended by itself (a client ends when its
-    /// connection breaks).
-    pub fn clients_have_exited(&mut self) -> bool {
-        self.clients.iter_mut().all(RunningClient::has_exited)
+    /// Whether every client named in `names` has ended by itself (a client
+    /// ends when its connection breaks).
+    pub fn clients_have_exited(&mut self, names: &[&str]) -> bool {
+        self.clients
+            .iter_mut()
+            .filter(|c| names.contains(&c.name.as_str()))
+            .all(RunningClient::has_exited)
     }
 
     /// Stops every client and adds what each measured to the report.
@@ -589,15 +609,28 @@ fn parse_active_and_pid(show: &str) -> (String, i32) {
 /// kexec, a second unit (Debian's memcached) has one of its images
 /// corrupted on disk between the hand-over and the kexec: its restore
 /// refuses the snapshot (digest mismatch), it cold-starts, and `status`
-/// says why. Then, from kernel B, an update whose new kernel fails to boot
+/// says why. A third unit of the same kexec (the lab's second service,
+/// `lab-blocker.service`, no fault injected) is restored with its main pid,
+/// its client's connection intact. The guest has `/var` on a filesystem of
+/// its own, on a second disk mounted from `/etc/fstab`, for the whole run
+/// ([`crate::var_disk`]): the next boot's generator cannot read the snapshot
+/// there, and the units must still be held back and restored. Then, from
+/// kernel B, an update whose new kernel fails to boot
 /// ([`crate::faults::new_kernel_fails_to_boot`]).
 pub fn pid_collision(lab: &Lab) -> Result<ScenarioReport> {
-    lab.run_scenario("pid-collision", lab_service_config(), pid_collision_steps)
+    let config = VmConfig {
+        forwards: vec![LAB_SERVICE_PORT, NGINX_PORT, LAB_BLOCKER_PORT],
+        data_disk_mib: Some(crate::var_disk::VAR_DISK_MIB),
+        ..VmConfig::default()
+    };
+    lab.run_scenario("pid-collision", config, pid_collision_steps)
 }
 
 fn pid_collision_steps(session: &mut Session<'_>) -> Result<()> {
     let kernel_b = session.lab.kernel_b().clone();
     let unit = "lab-service.service";
+    let restored_unit = "lab-blocker.service";
+    crate::var_disk::move_var(session)?;
     let state = session.start_lab_service()?;
     let (_, pid_before) = unit_main_pid(session.guest(), unit)?;
     session.guest().sh(&format!(
@@ -605,6 +638,35 @@ fn pid_collision_steps(session: &mut Session<'_>) -> Result<()> {
          && systemctl enable lab-pid-squatter.service"
     ))?;
     session.start_standard_clients(state.total)?;
+    // The unit without a fault, with a client of its own.
+    session
+        .guest()
+        .sh(&format!("systemctl start {restored_unit}"))?;
+    let restored_total_before = poll(
+        "the lab's second service to answer",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || session.probe_at(LAB_BLOCKER_PORT).map(Some),
+    )?
+    .total;
+    session.start_client_at(
+        "lines-restored",
+        ClientSpec::Lines { interval_ms: 50 },
+        LAB_BLOCKER_PORT,
+    )?;
+    poll(
+        "traffic to the lab's second service to flow",
+        Duration::from_secs(60),
+        Duration::from_millis(300),
+        || {
+            Ok(
+                (session.probe_at(LAB_BLOCKER_PORT)?.total >= restored_total_before + 20)
+                    .then_some(()),
+            )
+        },
+    )?;
+    let (_, restored_pid_before) = unit_main_pid(session.guest(), restored_unit)?;
+    let restored_at_update = session.probe_at(LAB_BLOCKER_PORT)?.total;
     let old = session.guest().boot_info()?;
     let (_, memcached_before) = unit_main_pid(session.guest(), "memcached.service")?;
     // The second fault: once the manifest is written (the hand-over), one
@@ -620,7 +682,7 @@ fn pid_collision_steps(session: &mut Session<'_>) -> Result<()> {
     // Through D-Bus, as update tooling would start it.
     let update = session.guest().run(
         &format!(
-            "busctl --timeout=150 call {DBUS_DEST} Start ssasas /boot/{} '' 0 2 {unit} memcached.service && \
+            "busctl --timeout=150 call {DBUS_DEST} Start ssasas /boot/{} '' 0 3 {unit} memcached.service {restored_unit} && \
              busctl wait {DBUS_DEST} Completed 2>/dev/null || \
              for i in $(seq 600); do busctl get-property {DBUS_DEST} Operation; sleep 0.5; done",
             kernel_b.vmlinuz
@@ -629,13 +691,32 @@ fn pid_collision_steps(session: &mut Session<'_>) -> Result<()> {
     )?;
     std::fs::write(session.vm.run_dir.join("update.log"), update.output())?;
     let back = session.back_after_kexec(&old.boot_id)?;
+    crate::var_disk::check_var(session, "after the kexec")?;
     let (started_pid, started_at) = session.wait_unit_active(unit)?;
     // The clients end by themselves once the peer hears a reset.
     let ended = poll(
         "the clients to see their connections end",
         Duration::from_secs(120),
         Duration::from_millis(500),
-        || Ok(session.clients_have_exited().then_some(())),
+        || {
+            Ok(session
+                .clients_have_exited(&["lines", "bulk"])
+                .then_some(()))
+        },
+    );
+    // The restored unit's client goes on: traffic resumes on its connection.
+    let (restored_pid_after, _) = session.wait_unit_active(restored_unit)?;
+    let restored_total_after = session.probe_at(LAB_BLOCKER_PORT)?.total;
+    let resumed = poll(
+        "traffic to the restored unit to resume",
+        Duration::from_secs(240),
+        Duration::from_millis(500),
+        || {
+            Ok(
+                (session.probe_at(LAB_BLOCKER_PORT)?.total > restored_total_after + 40)
+                    .then_some(()),
+            )
+        },
     );
     session.stop_clients()?;
     let guest = session.guest().clone();
@@ -653,12 +734,16 @@ fn pid_collision_steps(session: &mut Session<'_>) -> Result<()> {
         },
     )
     .unwrap_or_else(|e| (format!("{e:#}"), 0));
-    let memcached_status = status
-        .lines()
-        .find(|l| l.trim_start().starts_with("memcached.service:"))
-        .unwrap_or("")
-        .trim()
-        .to_string();
+    let status_of = |u: &str| {
+        status
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{u}:")))
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
+    let memcached_status = status_of("memcached.service");
+    let restored_status = status_of(restored_unit);
     let hold_log = guest.sh("journalctl -b -u seamless-reboot-hold.service --no-pager -o cat")?;
     std::fs::write(session.vm.run_dir.join("hold.log"), &hold_log)?;
 
@@ -703,8 +788,46 @@ fn pid_collision_steps(session: &mut Session<'_>) -> Result<()> {
             && memcached_status.contains("is corrupt"),
         format!("memcached {memcached_state}, MainPID {memcached_before} -> {memcached_after}; {memcached_status}"),
     );
+    report.check(
+        "the unit without a fault was restored with its main pid, not cold-started",
+        restored_pid_after == restored_pid_before
+            && restored_status.contains(": restored")
+            && restored_status.contains(&format!("restored pid {restored_pid_before}")),
+        format!("{restored_unit} MainPID {restored_pid_before} -> {restored_pid_after}; {restored_status}"),
+    );
     for client in report.clients.clone() {
         let r = &client.report;
+        if client.name == "lines-restored" {
+            // Its longest gap is the update's blackout: a client whose
+            // traffic never paused proves nothing.
+            report.check(
+                "lines-restored: the restored unit's connection survived the update with nothing lost and its count continued",
+                resumed.is_ok()
+                    && r.broken.is_none()
+                    && r.lost == 0
+                    && r.bytes_verified > 0
+                    && r.max_gap_s > 5.0
+                    && r.kernels_seen.last() == Some(&kernel_b.release)
+                    && r.kernels_seen.len() == 2
+                    && r.state_last.is_some_and(|l| l > restored_at_update),
+                format!(
+                    "sent {} B, verified {} B, lost {}, max gap {:.2} s, kernels {:?}, count {} at the update, {:?} at the end, broken {:?}; {}",
+                    r.bytes_sent,
+                    r.bytes_verified,
+                    r.lost,
+                    r.max_gap_s,
+                    r.kernels_seen,
+                    restored_at_update,
+                    r.state_last,
+                    r.broken,
+                    resumed
+                        .as_ref()
+                        .map_or_else(|e| format!("{e:#}"), |()| "traffic resumed".into())
+                ),
+            );
+            report.timing("lines-restored_blackout_s", r.max_gap_s);
+            continue;
+        }
         if let Some(broken) = &r.broken {
             report.timing(
                 &format!("{}_end_after_cold_start_s", client.name),
@@ -723,8 +846,9 @@ fn pid_collision_steps(session: &mut Session<'_>) -> Result<()> {
         );
     }
     // The same guest then serves the next fault: an update whose kernel
-    // does not boot.
-    crate::faults::new_kernel_fails_to_boot(session)
+    // does not boot; the cold boot after it mounts /var from fstab again.
+    crate::faults::new_kernel_fails_to_boot(session)?;
+    crate::var_disk::check_var(session, "in the cold boot after the kernel that failed")
 }
 
 /// A failed checkpoint: `seamless-reboot` with two units, and the CRIU that

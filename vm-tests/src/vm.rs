@@ -32,6 +32,10 @@ const PID_FILE: &str = "qemu.pid";
 /// The lab process that started a run's QEMU; while it lives, the run is not
 /// a leftover (two lab runs may share a runs directory).
 const OWNER_FILE: &str = "owner.pid";
+/// A run's second disk, when it has one: a sparse raw file.
+const DATA_DISK: &str = "data-disk.raw";
+/// The label of the filesystem on the second disk.
+pub const DATA_DISK_LABEL: &str = "labdata";
 /// The kernel command line of the first boot; kexec reuses it.
 pub const BASE_CMDLINE: &str = "root=/dev/vda rw console=ttyS0 net.ifnames=0 panic=-1";
 
@@ -47,6 +51,10 @@ pub struct VmConfig {
     /// Run QEMU in a namespace of its own with a second guest NIC on a TAP
     /// there, so a Linux TCP stack can be the peer (see [`crate::netns`]).
     pub linux_peer: bool,
+    /// A second virtio disk (`/dev/vdb` in the guest) of this many MiB,
+    /// holding an empty ext4 filesystem labelled [`DATA_DISK_LABEL`], made
+    /// on the host for this run (see [`crate::var_disk`]).
+    pub data_disk_mib: Option<u32>,
 }
 
 impl Default for VmConfig {
@@ -57,6 +65,7 @@ impl Default for VmConfig {
             forwards: Vec::new(),
             append: String::new(),
             linux_peer: false,
+            data_disk_mib: None,
         }
     }
 }
@@ -101,6 +110,10 @@ impl Vm {
             Duration::from_secs(60),
         )?
         .ok("qemu-img create (overlay)")?;
+        let data_disk = match config.data_disk_mib {
+            Some(mib) => Some(make_data_disk(run_dir, mib)?),
+            None => None,
+        };
 
         let mut netns = if config.linux_peer {
             Some(Netns::create()?)
@@ -109,7 +122,8 @@ impl Vm {
         };
         let mut last_error = None;
         for _attempt in 0..3 {
-            match Self::start(image, kernel, run_dir, &overlay, config, &mut netns) {
+            let disks = (overlay.as_path(), data_disk.as_deref());
+            match Self::start(image, kernel, run_dir, disks, config, &mut netns) {
                 Ok(vm) => return Ok(vm),
                 Err(e) => {
                     let text = format!("{e:#}");
@@ -128,7 +142,7 @@ impl Vm {
         image: &BaseImage,
         kernel: &KernelFiles,
         run_dir: &Path,
-        overlay: &Path,
+        (overlay, data_disk): (&Path, Option<&Path>),
         config: &VmConfig,
         netns: &mut Option<Netns>,
     ) -> Result<Vm> {
@@ -184,6 +198,13 @@ impl Vm {
                 "file={},if=virtio,format=qcow2,cache=unsafe",
                 overlay.display()
             ))
+            // After the root, so that the root stays /dev/vda.
+            .args(data_disk.map_or_else(Vec::new, |data| {
+                vec![
+                    "-drive".to_string(),
+                    format!("file={},if=virtio,format=raw,cache=unsafe", data.display()),
+                ]
+            }))
             .args(["-netdev", &netdev])
             .args([
                 "-device",
@@ -286,8 +307,9 @@ impl Drop for Vm {
         let _ = self.child.kill();
         let _ = wait_deadline(&mut self.child, Duration::from_secs(10));
         let _ = fs::remove_file(self.run_dir.join(PID_FILE));
-        // The overlay is the bulk of a run directory; the logs and report stay.
+        // The disks are the bulk of a run directory; the logs and report stay.
         let _ = fs::remove_file(self.run_dir.join("overlay.qcow2"));
+        let _ = fs::remove_file(self.run_dir.join(DATA_DISK));
     }
 }
 
@@ -321,8 +343,26 @@ pub fn reap_stale(runs_root: &Path) -> Result<usize> {
         }
         let _ = fs::remove_file(&pid_file);
         let _ = fs::remove_file(&overlay);
+        let _ = fs::remove_file(dir.path().join(DATA_DISK));
     }
     Ok(ended)
+}
+
+/// Makes `run_dir`'s second disk: a sparse file of `mib` MiB holding an
+/// empty ext4 filesystem (mkfs.ext4 formats a regular file without root;
+/// the guest has no mkfs of its own). Returns its path.
+fn make_data_disk(run_dir: &Path, mib: u32) -> Result<PathBuf> {
+    let disk = run_dir.join(DATA_DISK);
+    let _ = fs::remove_file(&disk);
+    run(
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", DATA_DISK_LABEL])
+            .arg(&disk)
+            .arg(format!("{mib}M")),
+        Duration::from_secs(60),
+    )?
+    .ok("mkfs.ext4 (the second disk)")?;
+    Ok(disk)
 }
 
 /// Is the lab process that started the run in `run_dir` still running (and

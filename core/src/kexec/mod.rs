@@ -27,6 +27,7 @@ pub mod boot_file;
 pub mod bzimage;
 pub mod cmdline;
 pub mod initrd;
+pub mod release;
 pub mod syscall;
 
 use std::ffi::CString;
@@ -46,6 +47,7 @@ pub use cmdline::{
     units_from_cmdline,
 };
 pub use initrd::{InitrdChoice, InitrdError, InitrdImage, resolve_initrd};
+pub use release::compare_releases;
 pub use syscall::{KexecCall, KexecFlags, KexecSyscalls, LinuxKexec, RecordingKexec};
 
 /// Why staging or unstaging a kernel failed.

@@ -24,7 +24,8 @@ commands:
   failed-checkpoint
              the CRIU dumping a second unit is killed halfway: nothing changes
   pid-collision
-             another process takes the service's pid early in the next boot: it cold-starts
+             another process takes the service's pid early in the next boot: it cold-starts;
+             in a guest whose /var is on a second disk (fstab), a unit without a fault is restored
   demo       the main job: the seamless scenario
   boot       boot a guest with the lab service running and keep it until Enter or end of input,
              printing how to reach it (for working by hand)";
