@@ -30,10 +30,14 @@ use crate::kexec::{InitrdImage, KernelImage};
 use crate::manifest::{Manifest, UnitSnapshot, compute_digests};
 use crate::platform::{Platform, UnitStatus};
 use journal::{Undo, UndoLog};
+pub use problem::PlanProblem;
 use seamless_reboot_config::UnitPolicy;
 use std::collections::BTreeMap;
+pub use step::{ProgressPercent, Step};
 
 pub mod journal;
+pub mod problem;
+pub mod step;
 pub use journal::{KexecWatch, Recovery, recover, watch_kexec};
 
 /// The runtime drop-in that stops systemd from restarting a unit whose
@@ -109,12 +113,12 @@ pub struct Checkpointed {
 
 /// Progress callbacks, for the CLI and D-Bus.
 pub trait Progress {
-    fn step(&mut self, what: &str);
+    fn step(&mut self, step: &Step);
 }
 
-impl<F: FnMut(&str)> Progress for F {
-    fn step(&mut self, what: &str) {
-        self(what)
+impl<F: FnMut(&Step)> Progress for F {
+    fn step(&mut self, step: &Step) {
+        self(step)
     }
 }
 
@@ -129,6 +133,8 @@ pub struct UpdateRequest {
     pub append: Vec<String>,
     /// The units to preserve.
     pub units: Vec<String>,
+    /// Accept a kernel older than the running one.
+    pub allow_downgrade: bool,
     /// What to do with a unit (by canonical name) that cannot be preserved;
     /// [`UnitPolicy::Preserve`] for units not listed.
     pub policy: BTreeMap<String, UnitPolicy>,
@@ -142,12 +148,15 @@ pub fn plan(
     request: &UpdateRequest,
     image_root: &Path,
     restore_binary: &Path,
-) -> Result<Plan, Vec<String>> {
+) -> Result<Plan, Vec<PlanProblem>> {
     let mut problems = Vec::new();
     let kernel = match crate::kexec::check_kernel_file(&request.kernel) {
         Ok(k) => Some(k),
         Err(e) => {
-            problems.push(format!("{e}"));
+            problems.push(PlanProblem::Kernel {
+                path: request.kernel.clone(),
+                message: format!("{e}"),
+            });
             None
         }
     };
@@ -160,7 +169,9 @@ pub fn plan(
         match crate::kexec::resolve_initrd(k, &choice, boot_dir, crate::kexec::OwnerPolicy::ROOT) {
             Ok(i) => i,
             Err(e) => {
-                problems.push(format!("{e}"));
+                problems.push(PlanProblem::Initrd {
+                    message: format!("{e}"),
+                });
                 None
             }
         }
@@ -168,13 +179,22 @@ pub fn plan(
     let (source_boot_id, source_kernel) = match platform.boot_id_and_release() {
         Ok(pair) => pair,
         Err(e) => {
-            problems.push(format!("{e:#}"));
+            problems.push(PlanProblem::RunningSystem {
+                message: format!("{e:#}"),
+            });
             Default::default()
         }
     };
+    if let Some(k) = &kernel {
+        problems.extend(downgrade_problem(
+            k.release(),
+            &source_kernel,
+            request.allow_downgrade,
+        ));
+    }
     let transaction_id = new_transaction_id();
     if request.units.is_empty() {
-        problems.push("no units to preserve: name them with --unit or in the configuration".into());
+        problems.push(PlanProblem::NoUnits);
     }
     let (units, left_out) = plan_units(platform, &request.units, &request.policy, &mut problems);
     // The next boot learns from its command line which transaction it
@@ -183,7 +203,7 @@ pub fn plan(
         let id = crate::kexec::TransactionId::new(&transaction_id).ok()?;
         let names: Vec<String> = units.iter().map(|u| u.status.unit.clone()).collect();
         let current = crate::kexec::cmdline::read_current_cmdline(Path::new("/proc/cmdline"))
-            .map_err(|e| problems.push(format!("{e}")))
+            .map_err(|e| problems.push(e.into()))
             .ok()?;
         crate::kexec::BootMarker::new(id, &names)
             .and_then(|marker| {
@@ -194,15 +214,13 @@ pub fn plan(
                     k.info().max_cmdline_len(),
                 )
             })
-            .map_err(|e| problems.push(format!("{e}")))
+            .map_err(|e| problems.push(e.into()))
             .ok()
     });
     if units.is_empty() && !left_out.is_empty() {
-        problems.push(format!(
-            "none of the units would be preserved ({} left to the next boot by their policy), \
-             so a seamless update would be a plain reboot",
-            left_out.len()
-        ));
+        problems.push(PlanProblem::NothingPreserved {
+            left_out: left_out.len(),
+        });
     }
     if let Some(problem) = free_space_problem(platform, image_root, &units) {
         problems.push(problem);
@@ -224,6 +242,17 @@ pub fn plan(
     }
 }
 
+/// A kernel older than the running one, unless allowed. An unreadable
+/// running release is reported on its own.
+fn downgrade_problem(new: &str, running: &str, allowed: bool) -> Option<PlanProblem> {
+    (!allowed && !running.is_empty() && crate::kexec::compare_releases(new, running).is_lt()).then(
+        || PlanProblem::Downgrade {
+            new: new.to_string(),
+            running: running.to_string(),
+        },
+    )
+}
+
 /// What the images may need beyond the units' resident memory: CRIU's own
 /// metadata and logs.
 const IMAGE_OVERHEAD_BYTES: u64 = 16 << 20;
@@ -236,7 +265,7 @@ fn free_space_problem(
     platform: &dyn Platform,
     image_root: &Path,
     units: &[PlannedUnit],
-) -> Option<String> {
+) -> Option<PlanProblem> {
     let resident: u64 = units.iter().map(|u| u.inventory.resident_bytes).sum();
     let need = resident
         .saturating_add(resident / 10)
@@ -244,15 +273,15 @@ fn free_space_problem(
     let mib = |b: u64| b.div_ceil(1 << 20);
     match platform.free_bytes(image_root) {
         Ok(free) if free >= need => None,
-        Ok(free) => Some(format!(
-            "not enough free space for the checkpoint in {}: the units hold about {} MiB of \
-             memory, so the images need about {} MiB, and {} MiB are free",
-            image_root.display(),
-            mib(resident),
-            mib(need),
-            free >> 20
-        )),
-        Err(e) => Some(format!("{e:#}")),
+        Ok(free) => Some(PlanProblem::NoSpace {
+            store: image_root.to_path_buf(),
+            resident_mib: mib(resident),
+            need_mib: mib(need),
+            free_mib: free >> 20,
+        }),
+        Err(e) => Some(PlanProblem::Store {
+            message: format!("{e:#}"),
+        }),
     }
 }
 
@@ -265,7 +294,7 @@ fn plan_units(
     platform: &dyn Platform,
     requested: &[String],
     policies: &BTreeMap<String, UnitPolicy>,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<PlanProblem>,
 ) -> (Vec<PlannedUnit>, Vec<LeftOut>) {
     let mut units: Vec<PlannedUnit> = Vec::new();
     let mut left_out: Vec<LeftOut> = Vec::new();
@@ -299,16 +328,19 @@ fn plan_units(
             Ok(planned) => {
                 let name = &planned.status.unit;
                 if let Some(first) = units.iter().find(|u| &u.status.unit == name) {
-                    problems.push(format!(
-                        "{unit}: names {name}, which is already in the update (as {}); \
-                         name each unit once",
-                        first.requested
-                    ));
+                    problems.push(PlanProblem::Duplicate {
+                        requested: unit.clone(),
+                        unit: name.clone(),
+                        first: first.requested.clone(),
+                    });
                 } else {
                     units.push(planned);
                 }
             }
-            Err(e) => problems.push(format!("{e:#}")),
+            Err(e) => problems.push(PlanProblem::Unit {
+                unit: canonical,
+                message: format!("{e:#}"),
+            }),
         }
     }
     (units, left_out)
@@ -620,7 +652,7 @@ pub fn run(
     match forward(platform, plan, progress, &mut undo) {
         Ok(done) => Ok(done),
         Err(cause) => {
-            progress.step("undoing");
+            progress.step(&Step::Undoing);
             let rollback_errors = rollback(platform, &mut undo);
             Err(TransactionError {
                 cause,
@@ -637,14 +669,14 @@ fn forward(
     undo: &mut UndoLog,
 ) -> Result<Vec<Checkpointed>> {
     // 1. Load the kernel. Nothing is frozen yet; a bad kernel stops here.
-    progress.step("loading kernel");
+    progress.step(&Step::LoadingKernel);
     platform.load_kernel(&plan.kernel, plan.initrd.as_ref(), &plan.cmdline)?;
     undo.push(Undo::UnloadKernel)?;
 
     // 2. Guard: nothing may restart a checkpointed unit, and nothing may
     //    flush the lock rules before the kexec (Debian's nftables.service
     //    flushes the ruleset when it stops).
-    progress.step("guarding units");
+    progress.step(&Step::GuardingUnits);
     for unit in &plan.units {
         undo.push(Undo::RemoveDropin {
             unit: unit.status.unit.clone(),
@@ -663,9 +695,13 @@ fn forward(
     //    already checkpointed, in place, on this kernel.
     let mut snapshots = Vec::new();
     let mut done = Vec::new();
-    for unit in &plan.units {
+    for (index, unit) in plan.units.iter().enumerate() {
         let name = &unit.status.unit;
-        progress.step(&format!("checkpointing {name}"));
+        progress.step(&Step::Checkpointing {
+            unit: name.clone(),
+            index,
+            of: plan.units.len(),
+        });
         let snapshot_dir = plan.transaction_dir.join(unit_dir_name(name));
         let images = snapshot_dir.join(IMAGES_SUBDIR);
         let tables_before = platform.nft_tables()?;
@@ -736,7 +772,7 @@ fn forward(
     }
 
     // 4. The manifest binds the snapshot to this boot and the loaded kernel.
-    progress.step("writing manifest");
+    progress.step(&Step::WritingManifest);
     let manifest = Manifest {
         format_version: crate::manifest::FORMAT_VERSION,
         transaction_id: plan.transaction_id.clone(),
@@ -758,7 +794,7 @@ fn forward(
     manifest.write_in(&plan.transaction_dir)?;
 
     // 5. Point of no return: systemd stops everything and kexecs.
-    progress.step("handing over to systemd kexec");
+    progress.step(&Step::HandingOver);
     platform.start_kexec_watch(&plan.transaction_dir, &plan.restore_binary)?;
     platform.kexec()?;
     // The journal stays: should systemd drop the kexec job without a

@@ -4,9 +4,13 @@
 //! replaces the running kernel, and even the dry run reads other users'
 //! processes and connections. The rule, in [`PolkitAuthorizer`]: a caller
 //! whose connection belongs to uid 0 may; anybody else may if polkit says so
-//! for the action [`POLKIT_ACTION`] (by default an active local
-//! administrator after authenticating, kept for a few minutes, see
-//! `units/polkit-1/actions/org.seamlessreboot.policy`). Nothing else is
+//! for the method's action: [`POLKIT_ACTION_CHECK`](crate::POLKIT_ACTION_CHECK) (an active local
+//! administrator, without authenticating, by the shipped rule) or
+//! [`POLKIT_ACTION_START`](crate::POLKIT_ACTION_START) (an administrator who authenticates for this
+//! update: no authorization is kept, so a process of the same session cannot
+//! start another one behind the admin's back; the kernel, initrd, appended
+//! arguments and units are in the action's details, which the
+//! authentication dialog shows). See `units/polkit-1/`. Nothing else is
 //! trusted: not the bus policy (which lets everybody send), not anything in
 //! the message.
 //!
@@ -22,8 +26,6 @@ use serde::{Deserialize, Serialize};
 use zbus::names::BusName;
 use zbus::{Connection, Type, Variant, proxy};
 
-use crate::POLKIT_ACTION;
-
 /// polkit's `CheckAuthorizationFlags.AllowUserInteraction`.
 pub const ALLOW_USER_INTERACTION: u32 = 1;
 
@@ -38,10 +40,17 @@ pub struct Authorized {
 /// for the caller).
 pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = Result<Authorized, String>> + Send + 'a>>;
 
+/// A polkit action and the details shown to the administrator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    pub id: &'static str,
+    pub details: Vec<(&'static str, String)>,
+}
+
 /// Decides whether the connection with the unique bus name `sender` may
-/// use the interface.
+/// do `action`.
 pub trait Authorizer: Send + Sync {
-    fn authorize<'a>(&'a self, sender: &'a str) -> AuthFuture<'a>;
+    fn authorize<'a>(&'a self, sender: &'a str, action: &'a Action) -> AuthFuture<'a>;
 }
 
 /// polkit's authority, reduced to the one method used.
@@ -83,7 +92,7 @@ impl PolkitAuthorizer {
         PolkitAuthorizer { connection }
     }
 
-    async fn decide(&self, sender: &str) -> Result<Authorized, String> {
+    async fn decide(&self, sender: &str, action: &Action) -> Result<Authorized, String> {
         let name = BusName::try_from(sender)
             .map_err(|e| format!("the caller's bus name {sender:?} is not valid: {e}"))?;
         let bus = zbus::fdo::DBusProxy::new(&self.connection)
@@ -101,8 +110,9 @@ impl PolkitAuthorizer {
         let denied = |why: &str| {
             format!(
                 "uid {uid} is not allowed to use seamless-reboot: {why} \
-                 (polkit action {POLKIT_ACTION}); run it as root, or as an \
-                 administrator who can authenticate"
+                 (polkit action {}); run it as root, or as an \
+                 administrator who can authenticate",
+                action.id
             )
         };
         let authority = AuthorityProxy::new(&self.connection)
@@ -112,23 +122,22 @@ impl PolkitAuthorizer {
             "system-bus-name",
             HashMap::from([("name", Variant::from(sender))]),
         );
+        let details: HashMap<&str, &str> = action
+            .details
+            .iter()
+            .map(|(key, value)| (*key, value.as_str()))
+            .collect();
         let AuthorizationResult {
             is_authorized: authorized,
             is_challenge: challenge,
             ..
         } = authority
-            .check_authorization(
-                &subject,
-                POLKIT_ACTION,
-                &HashMap::new(),
-                ALLOW_USER_INTERACTION,
-                "",
-            )
+            .check_authorization(&subject, action.id, &details, ALLOW_USER_INTERACTION, "")
             .await
             .map_err(|e| denied(&format!("polkit could not be asked ({e})")))?;
         if authorized {
             Ok(Authorized {
-                who: format!("uid {uid} (polkit)"),
+                who: format!("uid {uid} (polkit {})", action.id),
             })
         } else if challenge {
             Err(denied(
@@ -142,18 +151,19 @@ impl PolkitAuthorizer {
 }
 
 impl Authorizer for PolkitAuthorizer {
-    fn authorize<'a>(&'a self, sender: &'a str) -> AuthFuture<'a> {
-        Box::pin(self.decide(sender))
+    fn authorize<'a>(&'a self, sender: &'a str, action: &'a Action) -> AuthFuture<'a> {
+        Box::pin(self.decide(sender, action))
     }
 }
 
 /// For tests: allows the listed senders (or everybody), and records who
-/// asked.
+/// asked, and for which action.
 #[derive(Debug, Default)]
 pub struct ListAuthorizer {
     allow_all: bool,
     allowed: HashSet<String>,
     asked: Mutex<Vec<String>>,
+    actions: Mutex<Vec<Action>>,
 }
 
 impl ListAuthorizer {
@@ -185,14 +195,26 @@ impl ListAuthorizer {
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
+
+    /// Every action asked about, in order.
+    pub fn actions(&self) -> Vec<Action> {
+        self.actions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl Authorizer for ListAuthorizer {
-    fn authorize<'a>(&'a self, sender: &'a str) -> AuthFuture<'a> {
+    fn authorize<'a>(&'a self, sender: &'a str, action: &'a Action) -> AuthFuture<'a> {
         self.asked
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(sender.to_string());
+        self.actions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(action.clone());
         let result = if self.allow_all || self.allowed.contains(sender) {
             Ok(Authorized {
                 who: format!("{sender} (listed)"),
@@ -207,6 +229,7 @@ impl Authorizer for ListAuthorizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::POLKIT_ACTION_CHECK;
 
     #[test]
     fn subject_has_polkits_signature() {
@@ -218,11 +241,16 @@ mod tests {
 
     #[test]
     fn list_authorizer_allows_the_listed() {
+        let action = Action {
+            id: POLKIT_ACTION_CHECK,
+            details: Vec::new(),
+        };
         let a = ListAuthorizer::allowing([":1.7"]);
-        assert!(zbus::block_on(a.authorize(":1.7")).is_ok());
-        assert!(zbus::block_on(a.authorize(":1.8")).is_err());
+        assert!(zbus::block_on(a.authorize(":1.7", &action)).is_ok());
+        assert!(zbus::block_on(a.authorize(":1.8", &action)).is_err());
         assert_eq!(a.asked(), vec![":1.7", ":1.8"]);
-        assert!(zbus::block_on(ListAuthorizer::allow_all().authorize(":1.9")).is_ok());
-        assert!(zbus::block_on(ListAuthorizer::deny_all().authorize(":1.9")).is_err());
+        assert_eq!(a.actions().len(), 2);
+        assert!(zbus::block_on(ListAuthorizer::allow_all().authorize(":1.9", &action)).is_ok());
+        assert!(zbus::block_on(ListAuthorizer::deny_all().authorize(":1.9", &action)).is_err());
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use seamless_reboot_config::Config;
 use seamless_reboot_core::platform::LinuxPlatform;
-use seamless_reboot_core::transaction::{self, Plan, UpdateRequest};
+use seamless_reboot_core::transaction::{self, Plan, ProgressPercent, Step, UpdateRequest};
 use serde::{Deserialize, Serialize};
 
 use crate::error::ServiceError;
@@ -109,9 +109,9 @@ pub struct CheckpointedUnit {
     pub connections: usize,
 }
 
-/// The progress of a running transaction: what it does now, and a
-/// percentage.
-pub type ProgressFn<'a> = dyn FnMut(&str, i32) + 'a;
+/// The progress of a running transaction: the step it starts, and how far
+/// the update is ([`ProgressPercent`]).
+pub type ProgressFn<'a> = dyn FnMut(&Step, i32) + 'a;
 
 /// Plans and runs transactions. Shared between the bus's executor and the
 /// worker thread, hence `Send + Sync`.
@@ -134,69 +134,61 @@ pub trait Engine: Send + Sync {
     fn restore_report(&self) -> Option<Report>;
 }
 
-/// Turns the step names of `seamless_reboot_core::transaction::run` (and
-/// the engine's own "planning") into a coarse percentage.
-///
-/// | step | % |
-/// | --- | --- |
-/// | planning | 2 |
-/// | loading kernel | 10 |
-/// | guarding units | 20 |
-/// | checkpointing unit i of n | 25 + 60 i / n |
-/// | writing manifest | 88 |
-/// | handing over to systemd kexec | 95 |
-/// | (done) | 100 |
-///
-/// Any other step ("undoing", or a step added later) keeps the last value.
-#[derive(Debug, Clone)]
-pub struct ProgressEstimator {
-    units: usize,
-    checkpointing: usize,
-    last: i32,
-}
-
-impl ProgressEstimator {
-    /// For a transaction over `units` units.
-    pub fn new(units: usize) -> Self {
-        ProgressEstimator {
-            units: units.max(1),
-            checkpointing: 0,
-            last: 0,
-        }
-    }
-
-    /// The percentage at the start of `step`.
-    pub fn step(&mut self, step: &str) -> i32 {
-        let value = match step {
-            "planning" => Some(2),
-            "loading kernel" => Some(10),
-            "guarding units" => Some(20),
-            "writing manifest" => Some(88),
-            "handing over to systemd kexec" => Some(95),
-            s if s.starts_with("checkpointing ") => {
-                let i = self.checkpointing.min(self.units - 1);
-                self.checkpointing += 1;
-                // i < units, so this is below 85 and fits.
-                Some(25 + i32::try_from(60 * i / self.units).unwrap_or(59))
-            }
-            _ => None,
-        };
-        if let Some(value) = value {
-            self.last = value.max(self.last);
-        }
-        self.last
-    }
-}
-
 /// Builds the core's request from the D-Bus arguments: `initrd` empty means
 /// "find it next to the kernel". Paths must be absolute: the daemon's
 /// working directory is not the caller's.
-pub fn request_from_args(
-    kernel: &str,
-    initrd: &str,
-    append: Vec<String>,
-    units: Vec<String>,
-) -> Result<UpdateRequest, ServiceError> {
+/// The arguments of `Check` and `Start` as they come over the bus.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallArgs {
+    /// Absolute path of the new kernel.
+    pub kernel: String,
+    /// Absolute path of its initrd; "" finds the one next to the kernel.
+    pub initrd: String,
+    /// Kernel arguments added to the current command line.
+    pub append: Vec<String>,
+    /// Units to preserve; [] takes the configured ones.
+    pub units: Vec<String>,
+    /// Options by name: [`crate::FLAG_ALLOW_DOWNGRADE`].
+    pub flags: Vec<String>,
+}
+
+impl CallArgs {
+    /// What the administrator is shown when polkit asks them to
+    /// authenticate `Start`.
+    pub fn polkit_details(&self) -> Vec<(&'static str, String)> {
+        let or = |list: &[String], empty: &str| {
+            if list.is_empty() {
+                empty.to_string()
+            } else {
+                list.join(" ")
+            }
+        };
+        vec![
+            ("kernel", self.kernel.clone()),
+            (
+                "initrd",
+                if self.initrd.is_empty() {
+                    "the one next to the kernel".to_string()
+                } else {
+                    self.initrd.clone()
+                },
+            ),
+            ("append", or(&self.append, "(none)")),
+            ("units", or(&self.units, "those in the configuration")),
+            ("flags", or(&self.flags, "(none)")),
+        ]
+    }
+}
+
+pub fn request_from_args(args: CallArgs) -> Result<UpdateRequest, ServiceError> {
+    let CallArgs {
+        kernel,
+        initrd,
+        append,
+        units,
+        flags,
+    } = args;
+    let (kernel, initrd) = (kernel.as_str(), initrd.as_str());
     let absolute = |what: &str, path: &str| -> Result<PathBuf, ServiceError> {
         let p = PathBuf::from(path);
         if p.is_absolute() {
@@ -222,11 +214,26 @@ pub fn request_from_args(
             "{bad:?} is not a unit name"
         )));
     }
+    let mut allow_downgrade = false;
+    for flag in &flags {
+        match flag.as_str() {
+            crate::FLAG_ALLOW_DOWNGRADE => allow_downgrade = true,
+            // dbus-send cannot send an empty array: `array:string:` is [""].
+            "" => {}
+            other => {
+                return Err(ServiceError::InvalidArgs(format!(
+                    "unknown flag {other:?}; known: {}",
+                    crate::FLAG_ALLOW_DOWNGRADE
+                )));
+            }
+        }
+    }
     Ok(UpdateRequest {
         kernel,
         initrd,
         append,
         units,
+        allow_downgrade,
         ..Default::default()
     })
 }
@@ -285,6 +292,7 @@ impl Engine for LinuxEngine {
         let platform = LinuxPlatform::new(config.timeouts.checkpoint());
         transaction::plan(&platform, &request, &config.image_dir, &self.restore_binary)
             .map(|plan| PlanSummary::from_plan(&plan))
+            .map_err(|problems| problems.iter().map(ToString::to_string).collect())
     }
 
     fn start(
@@ -292,17 +300,19 @@ impl Engine for LinuxEngine {
         request: &UpdateRequest,
         progress: &mut ProgressFn<'_>,
     ) -> Result<Summary, String> {
-        progress("planning", ProgressEstimator::new(1).step("planning"));
+        let mut percent = ProgressPercent::default();
+        progress(&Step::Planning, percent.at(&Step::Planning));
         let config = self.config()?;
         let request = with_config_defaults(request, &config);
         let platform = LinuxPlatform::new(config.timeouts.checkpoint());
         let plan = transaction::plan(&platform, &request, &config.image_dir, &self.restore_binary)
-            .map_err(|problems| format!("cannot update: {}", problems.join("; ")))?;
-        let mut estimator = ProgressEstimator::new(plan.units.len());
-        estimator.step("planning");
-        let mut step = |what: &str| {
-            let percent = estimator.step(what);
-            progress(what, percent);
+            .map_err(|problems| {
+                let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                format!("cannot update: {}", problems.join("; "))
+            })?;
+        let mut step = |step: &Step| {
+            let at = percent.at(step);
+            progress(step, at);
         };
         let done = transaction::run(&platform, &plan, &mut step)
             .map_err(|e| format!("update failed: {e}"))?;
@@ -340,60 +350,50 @@ mod tests {
     }
 
     #[test]
-    fn progress_follows_the_transaction_steps() {
-        let mut e = ProgressEstimator::new(2);
-        let steps = [
-            ("planning", 2),
-            ("loading kernel", 10),
-            ("guarding units", 20),
-            ("checkpointing a.service", 25),
-            ("checkpointing b.service", 55),
-            ("writing manifest", 88),
-            ("handing over to systemd kexec", 95),
-        ];
-        for (step, want) in steps {
-            assert_eq!(e.step(step), want, "{step}");
-        }
-    }
-
-    #[test]
-    fn progress_never_goes_back() {
-        let mut e = ProgressEstimator::new(1);
-        assert_eq!(e.step("guarding units"), 20);
-        assert_eq!(e.step("checkpointing a.service"), 25);
-        assert_eq!(e.step("undoing"), 25);
-        assert_eq!(e.step("something new"), 25);
-        // More checkpoints than announced stay below the manifest step.
-        assert_eq!(e.step("checkpointing b.service"), 25);
-        assert_eq!(ProgressEstimator::new(0).step("checkpointing x"), 25);
-    }
-
-    #[test]
     fn request_from_args_checks_paths_and_names() {
-        let r = request_from_args(
+        let args = |kernel: &str, initrd: &str, append, units, flags| CallArgs {
+            kernel: kernel.into(),
+            initrd: initrd.into(),
+            append,
+            units,
+            flags,
+        };
+        let r = request_from_args(args(
             "/boot/vmlinuz-6.12",
             "",
             strings(&["quiet"]),
             strings(&["a.service"]),
-        )
+            vec![],
+        ))
         .expect("valid");
+        assert!(!r.allow_downgrade);
         assert_eq!(r.kernel, PathBuf::from("/boot/vmlinuz-6.12"));
         assert_eq!(r.initrd, None);
         assert_eq!(r.append, strings(&["quiet"]));
         assert_eq!(r.units, strings(&["a.service"]));
 
-        let r = request_from_args("/k", "/boot/initrd.img", vec![], vec![]).expect("valid");
+        let r = request_from_args(args(
+            "/k",
+            "/boot/initrd.img",
+            vec![],
+            vec![],
+            strings(&["allow-downgrade"]),
+        ))
+        .expect("valid");
         assert_eq!(r.initrd, Some(PathBuf::from("/boot/initrd.img")));
+        assert!(r.allow_downgrade);
 
-        for (kernel, initrd, append, units) in [
-            ("vmlinuz", "", vec![], vec![]),
-            ("", "", vec![], vec![]),
-            ("/k", "initrd.img", vec![], vec![]),
-            ("/k", "", strings(&[""]), vec![]),
-            ("/k", "", vec![], strings(&["../etc/passwd"])),
-            ("/k", "", vec![], strings(&[""])),
+        for (kernel, initrd, append, units, flags) in [
+            ("vmlinuz", "", vec![], vec![], vec![]),
+            ("", "", vec![], vec![], vec![]),
+            ("/k", "initrd.img", vec![], vec![], vec![]),
+            ("/k", "", strings(&[""]), vec![], vec![]),
+            ("/k", "", vec![], strings(&["../etc/passwd"]), vec![]),
+            ("/k", "", vec![], strings(&[""]), vec![]),
+            ("/k", "", vec![], vec![], strings(&["force"])),
         ] {
-            let err = request_from_args(kernel, initrd, append, units).expect_err("invalid");
+            let err =
+                request_from_args(args(kernel, initrd, append, units, flags)).expect_err("invalid");
             assert!(matches!(err, ServiceError::InvalidArgs(_)), "{err:?}");
         }
     }
@@ -443,7 +443,7 @@ mod tests {
         assert!(problems[0].starts_with("configuration: "), "{problems:?}");
         let mut steps = Vec::new();
         let err = engine
-            .start(&request, &mut |s: &str, p: i32| {
+            .start(&request, &mut |s: &Step, p: i32| {
                 steps.push((s.to_string(), p))
             })
             .expect_err("bad config");

@@ -13,7 +13,7 @@ use zbus::object_server::SignalEmitter;
 use zbus::{Connection, Variant, interface};
 
 use crate::auth::Authorizer;
-use crate::engine::Engine;
+use crate::engine::{CallArgs, Engine};
 use crate::error::ServiceError;
 use crate::service::{Events, PropertyValue, Service};
 use crate::{BUS_NAME, INTERFACE, OBJECT_PATH};
@@ -41,15 +41,16 @@ fn sender(header: &Header<'_>) -> Option<String> {
 
 /// Replace the running kernel by kexec while keeping selected services
 /// and their TCP connections (checkpointed with CRIU, restored in the next
-/// boot). Check and Start require root or the polkit action
-/// org.seamlessreboot.reboot.
+/// boot). Check requires root or the polkit action org.seamlessreboot.check,
+/// Start root or org.seamlessreboot.start (authenticated for each update).
 #[interface(name = "org.seamlessreboot.Reboot1")]
 impl Reboot1 {
     /// Dry run: plans the update and reports every problem found, changing
     /// nothing. kernel and initrd are absolute paths (initrd "" = the one
     /// next to the kernel); append are extra kernel arguments; units the
-    /// units to keep ([] = those in the configuration). plan is the plan as
-    /// JSON when there are no problems, "" otherwise.
+    /// units to keep ([] = those in the configuration); flags options by
+    /// name ("allow-downgrade": accept a kernel older than the running one).
+    /// plan is the plan as JSON when there are no problems, "" otherwise.
     #[zbus(out_args("plan", "problems"))]
     async fn check(
         &self,
@@ -58,11 +59,17 @@ impl Reboot1 {
         initrd: String,
         append: Vec<String>,
         units: Vec<String>,
+        flags: Vec<String>,
     ) -> Result<(String, Vec<String>), ServiceError> {
         let sender = sender(&header);
-        self.service
-            .check(sender.as_deref(), &kernel, &initrd, append, units)
-            .await
+        let args = CallArgs {
+            kernel,
+            initrd,
+            append,
+            units,
+            flags,
+        };
+        self.service.check(sender.as_deref(), args).await
     }
 
     /// Starts the update with the same arguments as Check and returns at
@@ -75,11 +82,17 @@ impl Reboot1 {
         initrd: String,
         append: Vec<String>,
         units: Vec<String>,
+        flags: Vec<String>,
     ) -> Result<(), ServiceError> {
         let sender = sender(&header);
-        self.service
-            .start(sender.as_deref(), &kernel, &initrd, append, units)
-            .await
+        let args = CallArgs {
+            kernel,
+            initrd,
+            append,
+            units,
+            flags,
+        };
+        self.service.start(sender.as_deref(), args).await
     }
 
     /// What runs now: "idle", "planning", "loading kernel",

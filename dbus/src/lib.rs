@@ -51,8 +51,14 @@ pub const BUS_NAME: &str = "org.seamlessreboot.Reboot1";
 pub const OBJECT_PATH: &str = "/org/seamlessreboot/Reboot1";
 /// The interface name (versioned: an incompatible change is `Reboot2`).
 pub const INTERFACE: &str = "org.seamlessreboot.Reboot1";
-/// The polkit action that `Check` and `Start` require.
-pub const POLKIT_ACTION: &str = "org.seamlessreboot.reboot";
+/// The polkit action `Check` requires (read-only: active local
+/// administrators without authenticating, by the shipped rule).
+pub const POLKIT_ACTION_CHECK: &str = "org.seamlessreboot.check";
+/// The polkit action `Start` requires (an administrator authenticates for
+/// each update; the kernel, initrd, arguments and units are in its details).
+pub const POLKIT_ACTION_START: &str = "org.seamlessreboot.start";
+/// The `Check`/`Start` flag that accepts a kernel older than the running one.
+pub const FLAG_ALLOW_DOWNGRADE: &str = "allow-downgrade";
 /// The systemd unit that runs the daemon (named by the D-Bus activation file).
 pub const SYSTEMD_UNIT: &str = "seamless-reboot.service";
 

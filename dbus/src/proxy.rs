@@ -16,7 +16,7 @@ use futures_core::Stream;
 use seamless_reboot_core::transaction::UpdateRequest;
 use zbus::{Connection, Variant, proxy};
 
-use crate::engine::PlanSummary;
+use crate::engine::{CallArgs, PlanSummary};
 use crate::error::{ERROR_ACCESS_DENIED, ERROR_BUSY};
 use crate::service::{PROP_OPERATION, PROP_PROGRESS};
 use crate::{BUS_NAME, OBJECT_PATH};
@@ -36,6 +36,7 @@ pub trait Reboot1 {
         initrd: &str,
         append: &[String],
         units: &[String],
+        flags: &[String],
     ) -> zbus::Result<(String, Vec<String>)>;
 
     /// Starts the update; returns at once.
@@ -46,6 +47,7 @@ pub trait Reboot1 {
         initrd: &str,
         append: &[String],
         units: &[String],
+        flags: &[String],
     ) -> zbus::Result<()>;
 
     #[zbus(property)]
@@ -96,7 +98,7 @@ pub struct Status {
 /// The arguments of `Check` and `Start` for a request: paths made
 /// absolute against this process's working directory (the daemon's is
 /// `/`), no initrd as `""`.
-pub fn call_args(request: &UpdateRequest) -> Result<(String, String, Vec<String>, Vec<String>)> {
+pub fn call_args(request: &UpdateRequest) -> Result<CallArgs> {
     let absolute = |p: &Path| -> Result<String> {
         let abs = std::path::absolute(p)
             .with_context(|| format!("cannot make {} absolute", p.display()))?;
@@ -104,15 +106,20 @@ pub fn call_args(request: &UpdateRequest) -> Result<(String, String, Vec<String>
             .map(str::to_string)
             .with_context(|| format!("{} is not valid UTF-8", abs.display()))
     };
-    Ok((
-        absolute(&request.kernel)?,
-        match &request.initrd {
+    Ok(CallArgs {
+        kernel: absolute(&request.kernel)?,
+        initrd: match &request.initrd {
             Some(p) => absolute(p)?,
             None => String::new(),
         },
-        request.append.clone(),
-        request.units.clone(),
-    ))
+        append: request.append.clone(),
+        units: request.units.clone(),
+        flags: if request.allow_downgrade {
+            vec![crate::FLAG_ALLOW_DOWNGRADE.to_string()]
+        } else {
+            Vec::new()
+        },
+    })
 }
 
 /// A readable sentence for a failed call, naming the usual causes.
@@ -178,11 +185,17 @@ impl Client {
 
     /// `Check`.
     pub fn check(&self, request: &UpdateRequest) -> Result<CheckResult> {
-        let (kernel, initrd, append, units) = call_args(request)?;
+        let args = call_args(request)?;
         zbus::block_on(async {
             let proxy = self.proxy().await?;
             let (plan, problems) = proxy
-                .check(&kernel, &initrd, &append, &units)
+                .check(
+                    &args.kernel,
+                    &args.initrd,
+                    &args.append,
+                    &args.units,
+                    &args.flags,
+                )
                 .await
                 .map_err(|e| anyhow::anyhow!(describe_error(&e)))?;
             let plan = if plan.is_empty() {
@@ -216,7 +229,7 @@ impl Client {
         request: &UpdateRequest,
         mut on_step: impl FnMut(&str, i32),
     ) -> Result<Completion> {
-        let (kernel, initrd, append, units) = call_args(request)?;
+        let args = call_args(request)?;
         zbus::block_on(async {
             let e = |e: zbus::Error| anyhow::anyhow!(describe_error(&e));
             let proxy = self.proxy().await?;
@@ -231,7 +244,13 @@ impl Client {
             let mut completed = proxy.receive_completed().await.map_err(e)?;
             let mut owner = proxy.inner().receive_owner_changed().await.map_err(e)?;
             proxy
-                .start(&kernel, &initrd, &append, &units)
+                .start(
+                    &args.kernel,
+                    &args.initrd,
+                    &args.append,
+                    &args.units,
+                    &args.flags,
+                )
                 .await
                 .map_err(e)?;
             let mut operation = String::new();
@@ -319,19 +338,25 @@ mod tests {
             units: vec!["a.service".into()],
             ..Default::default()
         };
-        let (kernel, initrd, append, units) = call_args(&request).expect("args");
-        assert!(Path::new(&kernel).is_absolute(), "{kernel}");
-        assert!(kernel.ends_with("/vmlinuz-x"));
-        assert_eq!(initrd, "");
-        assert_eq!(append, vec!["quiet"]);
-        assert_eq!(units, vec!["a.service"]);
+        let args = call_args(&request).expect("args");
+        assert!(Path::new(&args.kernel).is_absolute(), "{}", args.kernel);
+        assert!(args.kernel.ends_with("/vmlinuz-x"));
+        assert_eq!(args.initrd, "");
+        assert_eq!(args.append, vec!["quiet"]);
+        assert_eq!(args.units, vec!["a.service"]);
+        assert!(args.flags.is_empty());
         let request = UpdateRequest {
             kernel: PathBuf::from("/boot/k"),
             initrd: Some(PathBuf::from("/boot/i")),
+            allow_downgrade: true,
             ..Default::default()
         };
-        let (kernel, initrd, _, _) = call_args(&request).expect("args");
-        assert_eq!((kernel.as_str(), initrd.as_str()), ("/boot/k", "/boot/i"));
+        let args = call_args(&request).expect("args");
+        assert_eq!(
+            (args.kernel.as_str(), args.initrd.as_str()),
+            ("/boot/k", "/boot/i")
+        );
+        assert_eq!(args.flags, vec!["allow-downgrade"]);
     }
 
     #[test]

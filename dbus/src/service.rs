@@ -18,10 +18,11 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use seamless_reboot_core::transaction::UpdateRequest;
+use seamless_reboot_core::transaction::{Step, UpdateRequest};
 
+use crate::auth::Action;
 use crate::auth::Authorizer;
-use crate::engine::{Engine, request_from_args};
+use crate::engine::{CallArgs, Engine, request_from_args};
 use crate::error::ServiceError;
 use crate::report::Report;
 
@@ -142,13 +143,18 @@ impl Service {
         self.state().last_activity = Instant::now();
     }
 
-    async fn authorize(&self, method: &str, sender: Option<&str>) -> Result<(), ServiceError> {
+    async fn authorize(
+        &self,
+        method: &str,
+        sender: Option<&str>,
+        action: &Action,
+    ) -> Result<(), ServiceError> {
         let Some(sender) = sender else {
             return Err(ServiceError::AccessDenied(
                 "the call has no sender: only callers on the system bus can be authorized".into(),
             ));
         };
-        match self.inner.authorizer.authorize(sender).await {
+        match self.inner.authorizer.authorize(sender, action).await {
             Ok(who) => {
                 tracing::info!("{method} by {sender}, {}", who.who);
                 Ok(())
@@ -181,14 +187,15 @@ impl Service {
     pub async fn check(
         &self,
         sender: Option<&str>,
-        kernel: &str,
-        initrd: &str,
-        append: Vec<String>,
-        units: Vec<String>,
+        args: CallArgs,
     ) -> Result<(String, Vec<String>), ServiceError> {
         self.touch();
-        let request = request_from_args(kernel, initrd, append, units)?;
-        self.authorize("Check", sender).await?;
+        let request = request_from_args(args)?;
+        let action = Action {
+            id: crate::POLKIT_ACTION_CHECK,
+            details: Vec::new(),
+        };
+        self.authorize("Check", sender, &action).await?;
         let engine = self.inner.engine.clone();
         let planned =
             crate::unblock::unblock("seamless-reboot-check", move || engine.check(&request))
@@ -207,23 +214,20 @@ impl Service {
 
     /// `Start`: claims the daemon and starts the transaction on the worker
     /// thread; returns at once.
-    pub async fn start(
-        &self,
-        sender: Option<&str>,
-        kernel: &str,
-        initrd: &str,
-        append: Vec<String>,
-        units: Vec<String>,
-    ) -> Result<(), ServiceError> {
+    pub async fn start(&self, sender: Option<&str>, args: CallArgs) -> Result<(), ServiceError> {
         self.touch();
-        let request = request_from_args(kernel, initrd, append, units)?;
+        let action = Action {
+            id: crate::POLKIT_ACTION_START,
+            details: args.polkit_details(),
+        };
+        let request = request_from_args(args)?;
         {
             let state = self.state();
             if let Some(busy) = Self::busy_error(&state) {
                 return Err(busy);
             }
         }
-        self.authorize("Start", sender).await?;
+        self.authorize("Start", sender, &action).await?;
         // Claim: another Start may have claimed it while polkit was asked.
         {
             let mut state = self.state();
@@ -276,7 +280,7 @@ impl Service {
             &[],
         );
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            self.inner.engine.start(request, &mut |step: &str, percent: i32| {
+            self.inner.engine.start(request, &mut |step: &Step, percent: i32| {
                 tracing::info!("update: {step} ({percent}%)");
                 {
                     let mut state = self.state();

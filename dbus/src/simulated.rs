@@ -10,11 +10,10 @@
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use seamless_reboot_core::transaction::UpdateRequest;
+use seamless_reboot_core::transaction::{ProgressPercent, Step, UpdateRequest};
 
 use crate::engine::{
-    CheckpointedUnit, Engine, PlanSummary, PlannedUnitSummary, ProgressEstimator, ProgressFn,
-    Summary,
+    CheckpointedUnit, Engine, PlanSummary, PlannedUnitSummary, ProgressFn, Summary,
 };
 use crate::report::Report;
 
@@ -136,12 +135,12 @@ impl Engine for SimulatedEngine {
     ) -> Result<Summary, String> {
         self.script().starts.push(request.clone());
         let units = units_of(request);
-        let mut estimator = ProgressEstimator::new(units.len());
-        let mut step = |what: &str| {
-            let percent = estimator.step(what);
-            progress(what, percent);
+        let mut percent = ProgressPercent::default();
+        let mut step = |step: Step| {
+            let at = percent.at(&step);
+            progress(&step, at);
         };
-        step("planning");
+        step(Step::Planning);
         let plan = self
             .plan(request)
             .map_err(|problems| format!("cannot update: {}", problems.join("; ")))?;
@@ -154,14 +153,18 @@ impl Engine for SimulatedEngine {
             // A message or a dropped sender both release it.
             let _ = gate.recv();
         }
-        step("loading kernel");
-        step("guarding units");
+        step(Step::LoadingKernel);
+        step(Step::GuardingUnits);
         let failure = self.script().start_failure.clone();
         let mut done = Vec::new();
-        for unit in &units {
-            step(&format!("checkpointing {unit}"));
+        for (index, unit) in units.iter().enumerate() {
+            step(Step::Checkpointing {
+                unit: unit.clone(),
+                index,
+                of: units.len(),
+            });
             if let Some(error) = &failure {
-                step("undoing");
+                step(Step::Undoing);
                 return Err(format!("update failed: {error}; everything was undone"));
             }
             done.push(CheckpointedUnit {
@@ -170,8 +173,8 @@ impl Engine for SimulatedEngine {
                 connections: 2,
             });
         }
-        step("writing manifest");
-        step("handing over to systemd kexec");
+        step(Step::WritingManifest);
+        step(Step::HandingOver);
         Ok(Summary {
             transaction_id: plan.transaction_id,
             target_kernel: plan.target_kernel,
@@ -198,7 +201,7 @@ mod tests {
         };
         let mut steps = Vec::new();
         let summary = engine
-            .start(&request, &mut |s: &str, p: i32| {
+            .start(&request, &mut |s: &Step, p: i32| {
                 steps.push(format!("{s} {p}"))
             })
             .expect("succeeds");
@@ -225,7 +228,7 @@ mod tests {
         engine.fail_start("CRIU said no");
         let mut steps = Vec::new();
         let err = engine
-            .start(&UpdateRequest::default(), &mut |s: &str, _: i32| {
+            .start(&UpdateRequest::default(), &mut |s: &Step, _: i32| {
                 steps.push(s.to_string())
             })
             .expect_err("fails");

@@ -21,7 +21,7 @@ use seamless_reboot_dbus::auth::{AuthorizationResult, PolkitAuthorizer};
 use seamless_reboot_dbus::interface::serve;
 use seamless_reboot_dbus::proxy::Client;
 use seamless_reboot_dbus::simulated::SimulatedEngine;
-use seamless_reboot_dbus::{BUS_NAME, INTERFACE, OBJECT_PATH, POLKIT_ACTION, Service};
+use seamless_reboot_dbus::{BUS_NAME, INTERFACE, OBJECT_PATH, POLKIT_ACTION_CHECK, Service};
 use zbus::{Connection, OwnedVariant, interface};
 
 const NOBODY: u32 = 65534;
@@ -292,6 +292,7 @@ fn check_as_nobody(bus: &Bus) -> (bool, String) {
             "string:",
             "array:string:quiet",
             "array:string:a.service",
+            "array:string:",
         ],
     )
 }
@@ -414,7 +415,7 @@ fn unprivileged_callers_need_polkit_and_the_bus_policy_holds() {
         "{out}"
     );
     assert!(out.contains(&format!("uid {NOBODY}")), "{out}");
-    assert!(out.contains(POLKIT_ACTION), "{out}");
+    assert!(out.contains(POLKIT_ACTION_CHECK), "{out}");
     assert!(d.engine.checks().is_empty());
     let asked = polkit.asked();
     assert_eq!(asked.len(), 1, "{asked:?}");
@@ -424,7 +425,7 @@ fn unprivileged_callers_need_polkit_and_the_bus_policy_holds() {
         name.starts_with(':'),
         "the caller's unique name, got {name:?}"
     );
-    assert_eq!(action, POLKIT_ACTION);
+    assert_eq!(action, POLKIT_ACTION_CHECK);
     assert_eq!(*flags, 1, "AllowUserInteraction");
 
     // polkit says yes: the dry run goes through.
@@ -513,7 +514,7 @@ fn the_fake_polkit_replies_like_polkit() {
                 "system-bus-name",
                 HashMap::from([("name", zbus::Variant::from(":1.1"))]),
             ),
-            POLKIT_ACTION,
+            POLKIT_ACTION_CHECK,
             HashMap::<&str, &str>::new(),
             1u32,
             "",

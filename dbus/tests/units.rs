@@ -5,7 +5,9 @@
 
 use std::path::PathBuf;
 
-use seamless_reboot_dbus::{BUS_NAME, INTERFACE, POLKIT_ACTION, SYSTEMD_UNIT};
+use seamless_reboot_dbus::{
+    BUS_NAME, INTERFACE, POLKIT_ACTION_CHECK, POLKIT_ACTION_START, SYSTEMD_UNIT,
+};
 
 fn units_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../units")
@@ -41,23 +43,39 @@ fn ini_values(text: &str, key: &str) -> Vec<String> {
 }
 
 #[test]
-fn polkit_action_matches_the_code() {
+fn polkit_actions_match_the_code() {
     let xml = read("polkit-1/actions/org.seamlessreboot.policy");
     assert!(xml.starts_with("<?xml"), "not an XML file");
     assert!(xml.contains("<!DOCTYPE policyconfig"));
-    let action = element(&xml, "action", &format!(r#"id="{POLKIT_ACTION}""#));
-    assert!(action.contains("<allow_any>no</allow_any>"), "{action}");
+    for (id, active) in [
+        (POLKIT_ACTION_CHECK, "auth_admin_keep"),
+        // Authenticated for each update: nothing kept.
+        (POLKIT_ACTION_START, "auth_admin"),
+    ] {
+        let action = element(&xml, "action", &format!(r#"id="{id}""#));
+        assert!(action.contains("<allow_any>no</allow_any>"), "{action}");
+        assert!(
+            action.contains("<allow_inactive>no</allow_inactive>"),
+            "{action}"
+        );
+        assert!(
+            action.contains(&format!("<allow_active>{active}</allow_active>")),
+            "{action}"
+        );
+        // polkit reads actions from files named after them, by convention.
+        assert!(id.starts_with("org.seamlessreboot."));
+    }
+    assert_eq!(xml.matches("<action ").count(), 2, "check and start only");
+    // The start dialog names what it does, from the call's details.
+    let start = element(&xml, "action", &format!(r#"id="{POLKIT_ACTION_START}""#));
     assert!(
-        action.contains("<allow_inactive>no</allow_inactive>"),
-        "{action}"
+        start.contains("$(kernel)") && start.contains("$(units)"),
+        "{start}"
     );
-    assert!(
-        action.contains("<allow_active>auth_admin_keep</allow_active>"),
-        "{action}"
-    );
-    assert_eq!(xml.matches("<action ").count(), 1, "one action only");
-    // polkit reads actions from files named after them, by convention.
-    assert!(POLKIT_ACTION.starts_with("org.seamlessreboot."));
+    // The rule lets admins check without a prompt, and only check.
+    let rules = read("polkit-1/rules.d/50-seamless-reboot.rules");
+    assert!(rules.contains(&format!(r#"action.id == "{POLKIT_ACTION_CHECK}""#)));
+    assert!(!rules.contains(POLKIT_ACTION_START), "{rules}");
 }
 
 #[test]

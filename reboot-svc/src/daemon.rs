@@ -219,6 +219,7 @@ fn stop(service: &Service, why: &str, signals: &mut Signals) {
 mod tests {
     use super::*;
     use seamless_reboot_dbus::auth::ListAuthorizer;
+    use seamless_reboot_dbus::engine::CallArgs;
     use seamless_reboot_dbus::service::{Events, PropertyValue};
     use seamless_reboot_dbus::simulated::SimulatedEngine;
     use std::time::Instant;
@@ -241,10 +242,11 @@ mod tests {
         );
         zbus::block_on(service.start(
             Some(":1.1"),
-            "/boot/vmlinuz-6.12.0",
-            "",
-            Vec::new(),
-            vec!["a.service".into()],
+            CallArgs {
+                kernel: "/boot/vmlinuz-6.12.0".into(),
+                units: vec!["a.service".into()],
+                ..CallArgs::default()
+            },
         ))
         .expect("started");
         let started = Instant::now();
@@ -261,10 +263,10 @@ mod tests {
         // And no new update can start any more.
         let again = zbus::block_on(service.start(
             Some(":1.1"),
-            "/boot/vmlinuz-6.12.0",
-            "",
-            Vec::new(),
-            Vec::new(),
+            CallArgs {
+                kernel: "/boot/vmlinuz-6.12.0".into(),
+                ..CallArgs::default()
+            },
         ));
         assert!(again.is_err());
     }

@@ -30,9 +30,11 @@ use seamless_reboot_dbus::proxy::Client;
 
 const USAGE: &str = "usage:
   seamless-reboot --kernel PATH [--initrd PATH] [--append ARG]... [--unit UNIT]... [--check] [--yes]
+                  [--allow-downgrade]
       checkpoint the units (default: those in the configuration) with their TCP
       connections, kexec into the kernel, restore them in the next boot.
-      --check only plans and prints the problems; --yes skips the confirmation.
+      --check only plans and prints the problems; --yes skips the confirmation;
+      --allow-downgrade accepts a kernel older than the running one.
   seamless-reboot status [--json]
       what the last update did to each unit.
   seamless-reboot recover
@@ -187,6 +189,7 @@ fn parse_update_args(args: &[String]) -> Result<UpdateArgs> {
             "--append" => parsed.request.append.push(value("--append")?),
             "--unit" => parsed.request.units.push(value("--unit")?),
             "--check" => parsed.check = true,
+            "--allow-downgrade" => parsed.request.allow_downgrade = true,
             "--yes" | "-y" => parsed.yes = true,
             other => bail!("unknown argument `{other}`\n{USAGE}"),
         }
@@ -488,12 +491,14 @@ mod tests {
             "--append",
             "quiet",
             "--check",
+            "--allow-downgrade",
         ]))
         .expect("parses");
         assert_eq!(parsed.request.kernel, PathBuf::from("/boot/vmlinuz-x"));
         assert_eq!(parsed.request.units, strings(&["a.service", "b.service"]));
         assert_eq!(parsed.request.append, strings(&["quiet"]));
         assert!(parsed.check);
+        assert!(parsed.request.allow_downgrade);
         assert!(!parsed.yes);
     }
 

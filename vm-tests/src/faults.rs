@@ -103,7 +103,7 @@ pub fn daemon_killed_mid_update(session: &mut Session<'_>) -> Result<()> {
     let update = guest.run(
         &format!(
             "{} \
-             seamless-reboot --kernel /boot/{} --unit lab-service.service --unit lab-blocker.service --yes; \
+             seamless-reboot --kernel /boot/{} --allow-downgrade --unit lab-service.service --unit lab-blocker.service --yes; \
              status=$?; wait; exit $status",
             when_criu_seizes(
                 blocker_pid,
@@ -221,7 +221,7 @@ pub fn kexec_job_cancelled(session: &mut Session<'_>) -> Result<()> {
     // waited for.
     let update = guest.run(
         &format!(
-            "seamless-reboot --kernel /boot/{} --unit lab-service.service --yes",
+            "seamless-reboot --kernel /boot/{} --allow-downgrade --unit lab-service.service --yes",
             kernel_b.vmlinuz
         ),
         Duration::from_secs(300),
@@ -326,7 +326,7 @@ pub fn image_store_full(session: &mut Session<'_>) -> Result<()> {
                 fi; \
                 sleep 0.01; \
               done) & \
-             seamless-reboot --kernel /boot/{} --unit lab-service.service --unit lab-blocker.service --yes; \
+             seamless-reboot --kernel /boot/{} --allow-downgrade --unit lab-service.service --unit lab-blocker.service --yes; \
              status=$?; wait; exit $status",
             kernel_b.vmlinuz
         ),
@@ -408,7 +408,7 @@ pub fn new_kernel_fails_to_boot(session: &mut Session<'_>) -> Result<()> {
     // The kexec ends this ssh session: the command's own end is not waited for.
     let update = guest.run(
         &format!(
-            "seamless-reboot --kernel /boot/{} --initrd /boot/lab-empty-initrd.img \
+            "seamless-reboot --kernel /boot/{} --allow-downgrade --initrd /boot/lab-empty-initrd.img \
              --unit lab-service.service --yes",
             kernel_a.vmlinuz
         ),

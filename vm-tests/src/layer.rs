@@ -49,6 +49,10 @@ pub const PRODUCT_FILES: &[(&str, &str)] = &[
         include_str!("../../units/polkit-1/actions/org.seamlessreboot.policy"),
     ),
     (
+        "/usr/share/polkit-1/rules.d/50-seamless-reboot.rules",
+        include_str!("../../units/polkit-1/rules.d/50-seamless-reboot.rules"),
+    ),
+    (
         "/usr/lib/tmpfiles.d/seamless-reboot.conf",
         include_str!("../../units/tmpfiles.d/seamless-reboot.conf"),
     ),
@@ -255,7 +259,7 @@ mod tests {
                 "{dest}"
             );
         }
-        assert_eq!(PRODUCT_FILES.len(), 5);
+        assert_eq!(PRODUCT_FILES.len(), 6);
     }
 
     #[test]

@@ -682,7 +682,7 @@ fn pid_collision_steps(session: &mut Session<'_>) -> Result<()> {
     // Through D-Bus, as update tooling would start it.
     let update = session.guest().run(
         &format!(
-            "busctl --timeout=150 call {DBUS_DEST} Start ssasas /boot/{} '' 0 3 {unit} memcached.service {restored_unit} && \
+            "busctl --timeout=150 call {DBUS_DEST} Start ssasasas /boot/{} '' 0 3 {unit} memcached.service {restored_unit} 1 allow-downgrade && \
              busctl wait {DBUS_DEST} Completed 2>/dev/null || \
              for i in $(seq 600); do busctl get-property {DBUS_DEST} Operation; sleep 0.5; done",
             kernel_b.vmlinuz
@@ -934,10 +934,14 @@ fn failed_checkpoint_steps(session: &mut Session<'_>) -> Result<()> {
             "lab-service.service: names lab-service.service, which is already in the update (as lab-service)",
             "dbus (dbus.service): cannot be preserved: it is the system bus",
             "\"init=/bin/sh\" would change what the next boot runs",
+            // The lab's kernel B is older than A.
+            "is older than the running kernel",
+            "pass --allow-downgrade",
         ],
     );
     session.report.check(
-        "a unit named twice, the system bus and `--append init=` are refused by the check",
+        "a unit named twice, the system bus, `--append init=` and an older kernel without \
+         --allow-downgrade are refused by the check",
         refusal.is_ok(),
         refusal.unwrap_or_else(|e| format!("{e:#}")),
     );
@@ -995,7 +999,7 @@ fn failed_checkpoint_steps(session: &mut Session<'_>) -> Result<()> {
     let update = guest.run(
         &format!(
             "{} \
-             seamless-reboot --kernel /boot/{} --unit lab-service.service --unit lab-blocker.service --yes; \
+             seamless-reboot --kernel /boot/{} --allow-downgrade --unit lab-service.service --unit lab-blocker.service --yes; \
              status=$?; wait; exit $status",
             crate::faults::when_criu_seizes(
                 blocker_pid,
@@ -1566,7 +1570,7 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
     // default 25 s under emulation.
     let refused = session.guest().run(
         &format!(
-            "runuser -u labuser -- busctl --timeout=150 call {DBUS_DEST} Start ssasas /boot/{} '' 0 1 {unit}",
+            "runuser -u labuser -- busctl --timeout=150 call {DBUS_DEST} Start ssasasas /boot/{} '' 0 1 {unit} 1 allow-downgrade",
             kernel_b.vmlinuz
         ),
         Duration::from_secs(200),
@@ -1594,14 +1598,14 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
     // daemon over D-Bus), or straight through D-Bus as update tooling would.
     let script = if variant.via_dbus {
         format!(
-            "busctl --timeout=150 call {DBUS_DEST} Start ssasas /boot/{} '' 0 1 {unit} && \
+            "busctl --timeout=150 call {DBUS_DEST} Start ssasasas /boot/{} '' 0 1 {unit} 1 allow-downgrade && \
              busctl wait {DBUS_DEST} Completed 2>/dev/null || \
              for i in $(seq 600); do busctl get-property {DBUS_DEST} Operation; sleep 0.5; done",
             kernel_b.vmlinuz
         )
     } else {
         format!(
-            "seamless-reboot --kernel /boot/{} --unit {units} --yes",
+            "seamless-reboot --kernel /boot/{} --allow-downgrade --unit {units} --yes",
             kernel_b.vmlinuz
         )
     };

@@ -374,8 +374,38 @@ fn undo_of_a_checkpointed_and_b_not() -> Vec<String> {
     ]
 }
 
-fn steps() -> (Vec<String>, impl FnMut(&str)) {
-    (Vec::new(), |_: &str| {})
+fn no_progress() -> impl FnMut(&Step) {
+    |_: &Step| {}
+}
+
+#[test]
+fn the_steps_are_announced_in_order_with_their_units() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let platform = FakePlatform::default();
+    let plan = plan_for(tmp.path(), &platform, &["a.service", "b.service"]);
+    let mut seen = Vec::new();
+    run(&platform, &plan, &mut |step: &Step| seen.push(step.clone())).expect("succeeds");
+    let checkpoint = |unit: &str, index| Step::Checkpointing {
+        unit: unit.into(),
+        index,
+        of: 2,
+    };
+    assert_eq!(
+        seen,
+        vec![
+            Step::LoadingKernel,
+            Step::GuardingUnits,
+            checkpoint("a.service", 0),
+            checkpoint("b.service", 1),
+            Step::WritingManifest,
+            Step::HandingOver,
+        ]
+    );
+    let failing = FakePlatform::failing(&["dump b.service"]);
+    let plan = plan_for(tmp.path(), &failing, &["a.service", "b.service"]);
+    let mut seen = Vec::new();
+    run(&failing, &plan, &mut |step: &Step| seen.push(step.clone())).expect_err("fails");
+    assert_eq!(seen.last(), Some(&Step::Undoing));
 }
 
 #[test]
@@ -383,7 +413,7 @@ fn happy_path_runs_in_order_and_ends_with_kexec() {
     let tmp = tempfile::tempdir().expect("tmp");
     let platform = FakePlatform::default();
     let plan = plan_for(tmp.path(), &platform, &["a.service", "b.service"]);
-    let (_, mut progress) = steps();
+    let mut progress = no_progress();
     let done = run(&platform, &plan, &mut progress).expect("succeeds");
     assert_eq!(done.len(), 2);
     assert_eq!(
@@ -444,7 +474,7 @@ fn a_units_mount_sandbox_goes_to_its_dump_and_to_the_snapshot_the_next_boot_rest
         ..Default::default()
     };
     let plan = plan_for(tmp.path(), &platform, &["a.service"]);
-    let (_, mut progress) = steps();
+    let mut progress = no_progress();
     run(&platform, &plan, &mut progress).expect("succeeds");
     assert_eq!(*platform.dumped_with_sandbox.borrow(), vec!["a.service"]);
     let manifest =
@@ -458,7 +488,7 @@ fn the_snapshot_keeps_the_pids_and_threads_criu_saved_not_the_plans() {
     let platform = FakePlatform::default();
     let plan = plan_for(tmp.path(), &platform, &["a.service"]);
     assert_eq!(plan.units[0].inventory.thread_ids, vec![120]);
-    let (_, mut progress) = steps();
+    let mut progress = no_progress();
     run(&platform, &plan, &mut progress).expect("succeeds");
     let manifest =
         crate::manifest::Manifest::read_from(&plan.transaction_dir).expect("manifest written");
@@ -479,7 +509,7 @@ fn an_unreadable_saved_tree_fails_the_checkpoint_and_restores_the_unit_in_place(
         ..Default::default()
     };
     let plan = plan_for(tmp.path(), &platform, &["a.service", "b.service"]);
-    let (_, mut progress) = steps();
+    let mut progress = no_progress();
     let err = run(&platform, &plan, &mut progress).expect_err("fails");
     let text = format!("{err}");
     assert!(
@@ -502,7 +532,7 @@ fn failed_kernel_load_freezes_nothing() {
     let tmp = tempfile::tempdir().expect("tmp");
     let platform = FakePlatform::failing(&["load-kernel"]);
     let plan = plan_for(tmp.path(), &platform, &["a.service"]);
-    let (_, mut progress) = steps();
+    let mut progress = no_progress();
     let err = run(&platform, &plan, &mut progress).expect_err("fails");
     assert_eq!(platform.calls(), vec!["load-kernel"]);
     assert!(err.rollback_errors.is_empty());
@@ -520,7 +550,7 @@ fn a_unit_a_failed_checkpoint_took_down_is_started_again_and_criu_leftovers_remo
         ..FakePlatform::failing(&["dump b.service"])
     };
     let plan = plan_for(tmp.path(), &platform, &["a.service", "b.service"]);
-    let (_, mut progress) = steps();
+    let mut progress = no_progress();
     let err = run(&platform, &plan, &mut progress).expect_err("fails");
     let after_failure = platform.calls_after("dump b.service");
     // b first (the last step done), while a's snapshot and lock table stay
@@ -556,7 +586,7 @@ fn failed_second_checkpoint_restores_the_first_in_place_and_unloads() {
     let tmp = tempfile::tempdir().expect("tmp");
     let platform = FakePlatform::failing(&["dump b.service"]);
     let plan = plan_for(tmp.path(), &platform, &["a.service", "b.service"]);
-    let (_, mut progress) = steps();
+    let mut progress = no_progress();
     let err = run(&platform, &plan, &mut progress).expect_err("fails");
     let after_failure = platform.calls_after("dump b.service");
     assert_eq!(after_failure, undo_of_a_checkpointed_and_b_not());
@@ -579,7 +609,7 @@ fn failed_handover_restores_every_unit() {
     let tmp = tempfile::tempdir().expect("tmp");
     let platform = FakePlatform::failing(&["kexec"]);
     let plan = plan_for(tmp.path(), &platform, &["a.service", "b.service"]);
-    let (_, mut progress) = steps();
+    let mut progress = no_progress();
     run(&platform, &plan, &mut progress).expect_err("fails");
     let calls = platform.calls();
     let starts: Vec<&String> = calls.iter().filter(|c| c.starts_with("start ")).collect();
@@ -596,7 +626,7 @@ fn a_unit_that_cannot_come_back_is_reported_and_its_snapshot_kept() {
     let tmp = tempfile::tempdir().expect("tmp");
     let platform = FakePlatform::failing(&["dump b.service", "start a.service"]);
     let plan = plan_for(tmp.path(), &platform, &["a.service", "b.service"]);
-    let (_, mut progress) = steps();
+    let mut progress = no_progress();
     let err = run(&platform, &plan, &mut progress).expect_err("fails");
     // Its in-place restore, then the start its checkpoint's own undo tries.
     assert_eq!(err.rollback_errors.len(), 2, "{err}");
@@ -626,7 +656,7 @@ fn a_failed_in_place_restore_starts_the_unit_with_its_own_command() {
         ..Default::default()
     };
     let plan = plan_for(tmp.path(), &platform, &["a.service", "b.service"]);
-    let (_, mut progress) = steps();
+    let mut progress = no_progress();
     let err = run(&platform, &plan, &mut progress).expect_err("fails");
     let calls = platform.calls();
     let restore = calls
@@ -887,7 +917,7 @@ fn the_shm_files_the_inventory_finds_go_to_the_snapshot_the_next_boot_restores()
         ..Default::default()
     };
     let plan = plan_for(tmp.path(), &platform, &["pg.service"]);
-    let (_, mut progress) = steps();
+    let mut progress = no_progress();
     run(&platform, &plan, &mut progress).expect("succeeds");
     let manifest =
         crate::manifest::Manifest::read_from(&plan.transaction_dir).expect("manifest written");
@@ -934,6 +964,7 @@ fn units_are_planned_by_their_canonical_names_and_only_once() {
     let names: Vec<&str> = units.iter().map(|u| u.status.unit.as_str()).collect();
     assert_eq!(names, vec!["a.service", "postgresql.service"]);
     assert_eq!(units[0].requested, "a");
+    let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
     assert_eq!(
         problems,
         vec![
@@ -991,18 +1022,16 @@ fn the_plan_refuses_when_the_images_would_not_fit() {
     );
     assert!(problems.is_empty(), "{problems:?}");
     // Two units of 300 MiB: 600 + 60 + 16 MiB needed.
-    assert_eq!(
-        free_space_problem(&platform, Path::new("/var/x"), &units),
-        None
-    );
+    assert!(free_space_problem(&platform, Path::new("/var/x"), &units).is_none());
     let platform = FakePlatform {
         free: Some(650 << 20),
         ..Default::default()
     };
     let problem =
         free_space_problem(&platform, Path::new("/var/x"), &units).expect("not enough room");
+    assert_eq!(problem.kind(), "no-space");
     assert_eq!(
-        problem,
+        problem.to_string(),
         "not enough free space for the checkpoint in /var/x: the units hold about 600 MiB of \
          memory, so the images need about 676 MiB, and 650 MiB are free"
     );
@@ -1034,7 +1063,10 @@ fn a_unit_that_cannot_be_preserved_is_left_to_the_next_boot_by_its_policy() {
     assert!(units.is_empty());
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
-        problems[0].starts_with("p.service: cannot be preserved: it runs in its own user"),
+        problems[0]
+            .to_string()
+            .starts_with("p.service: cannot be preserved: it runs in its own user")
+            && problems[0].unit() == Some("p.service"),
         "{problems:?}"
     );
     assert_eq!(left_out.len(), 2);
@@ -1077,7 +1109,7 @@ fn units_left_to_a_restart_are_named_in_the_manifest() {
             reason: "y".into(),
         },
     ];
-    let (_, mut progress) = steps();
+    let mut progress = no_progress();
     run(&platform, &plan, &mut progress).expect("succeeds");
     let manifest =
         crate::manifest::Manifest::read_from(&plan.transaction_dir).expect("manifest written");
@@ -1127,7 +1159,7 @@ fn killed_at(platform: &FakePlatform, plan: &Plan) -> Vec<String> {
         &plan.restore_binary,
     )
     .expect("journal");
-    let (_, mut progress) = steps();
+    let mut progress = no_progress();
     forward(platform, plan, &mut progress, &mut undo).expect_err("killed");
     drop(undo);
     platform.calls()
@@ -1142,7 +1174,7 @@ fn the_undo_journal_follows_every_step_and_stays_after_the_handover() {
     let tmp = tempfile::tempdir().expect("tmp");
     let platform = FakePlatform::default();
     let plan = plan_for(tmp.path(), &platform, &["a.service", "b.service"]);
-    let (_, mut progress) = steps();
+    let mut progress = no_progress();
     run(&platform, &plan, &mut progress).expect("succeeds");
     let text = std::fs::read_to_string(plan.transaction_dir.join(journal::JOURNAL_FILE))
         .expect("journal kept after the hand-over");
@@ -1222,7 +1254,7 @@ fn nothing_is_replayed_while_systemd_kexecs() {
     let tmp = tempfile::tempdir().expect("tmp");
     let platform = FakePlatform::default();
     let plan = plan_for(tmp.path(), &platform, &["a.service"]);
-    let (_, mut progress) = steps();
+    let mut progress = no_progress();
     run(&platform, &plan, &mut progress).expect("handed over");
     platform.kexec_job.set(true);
     assert!(
@@ -1259,7 +1291,7 @@ fn a_journal_of_an_earlier_boot_is_removed_unread() {
     let platform = FakePlatform::default();
     let mut plan = plan_for(tmp.path(), &platform, &["a.service"]);
     plan.source_boot_id = "boot-before".into();
-    let (_, mut progress) = steps();
+    let mut progress = no_progress();
     run(&platform, &plan, &mut progress).expect("handed over");
     let recovered = recover(&platform, image_dir(&plan)).expect("recover");
     assert!(
@@ -1361,7 +1393,7 @@ fn a_kexec_job_that_ends_without_a_kexec_has_the_watcher_undo_the_update() {
     let tmp = tempfile::tempdir().expect("tmp");
     let platform = FakePlatform::default();
     let plan = plan_for(tmp.path(), &platform, &["a.service"]);
-    let (_, mut progress) = steps();
+    let mut progress = no_progress();
     run(&platform, &plan, &mut progress).expect("handed over");
     // Not there yet, there for a while, gone once, back (a job being
     // replaced), then gone for good.
@@ -1399,7 +1431,7 @@ fn a_kexec_job_that_never_appears_has_the_watcher_undo_the_update() {
     let tmp = tempfile::tempdir().expect("tmp");
     let platform = FakePlatform::default();
     let plan = plan_for(tmp.path(), &platform, &["a.service"]);
-    let (_, mut progress) = steps();
+    let mut progress = no_progress();
     run(&platform, &plan, &mut progress).expect("handed over");
     let started = std::time::Instant::now();
     let recovery = watch_kexec(&platform, &plan.transaction_dir, quick_watch())
@@ -1421,7 +1453,7 @@ fn the_watcher_leaves_when_the_daemon_undid_the_update_itself() {
     let tmp = tempfile::tempdir().expect("tmp");
     let platform = FakePlatform::failing(&["kexec"]);
     let plan = plan_for(tmp.path(), &platform, &["a.service"]);
-    let (_, mut progress) = steps();
+    let mut progress = no_progress();
     run(&platform, &plan, &mut progress).expect_err("hand-over refused");
     let calls = platform.calls().len();
     let recovery = watch_kexec(&platform, &plan.transaction_dir, quick_watch()).expect("watch");
@@ -1444,7 +1476,7 @@ fn a_unit_started_afresh_while_checkpointed_is_reported_not_restored() {
         &plan.restore_binary,
     )
     .expect("journal");
-    let (_, mut progress) = steps();
+    let mut progress = no_progress();
     forward(&platform, &plan, &mut progress, &mut undo).expect_err("hand-over refused");
     platform.inactive.borrow_mut().clear();
     let errors = rollback(&platform, &mut undo);
@@ -1469,5 +1501,27 @@ fn a_unit_started_afresh_while_checkpointed_is_reported_not_restored() {
             .join(UNIT_SNAPSHOT_FILE)
             .exists(),
         "the snapshot is kept"
+    );
+}
+
+#[test]
+fn an_older_kernel_is_refused_unless_allowed() {
+    let running = "6.12.117+deb13-amd64";
+    let problem = downgrade_problem("6.12.95+deb12-amd64", running, false).expect("older");
+    assert_eq!(problem.kind(), "downgrade");
+    assert!(
+        problem
+            .to_string()
+            .contains("6.12.95+deb12-amd64 is older than the running kernel 6.12.117+deb13-amd64")
+    );
+    assert!(downgrade_problem("6.12.95+deb12-amd64", running, true).is_none());
+    assert!(
+        downgrade_problem(running, running, false).is_none(),
+        "the same kernel again"
+    );
+    assert!(downgrade_problem("7.0.1+deb13-amd64", running, false).is_none());
+    assert!(
+        downgrade_problem("6.1.0", "", false).is_none(),
+        "no release to compare"
     );
 }

@@ -83,18 +83,24 @@ fn strings(list: &[&str]) -> Vec<String> {
 fn check(f: &Fixture, sender: Option<&str>) -> Result<(String, Vec<String>), ServiceError> {
     zbus::block_on(f.service.check(
         sender,
-        KERNEL,
-        "",
-        strings(&["quiet"]),
-        strings(&["a.service"]),
+        CallArgs {
+            kernel: KERNEL.into(),
+            append: strings(&["quiet"]),
+            units: strings(&["a.service"]),
+            ..CallArgs::default()
+        },
     ))
 }
 
 fn start(f: &Fixture, sender: Option<&str>, units: &[&str]) -> Result<(), ServiceError> {
-    zbus::block_on(
-        f.service
-            .start(sender, KERNEL, "", Vec::new(), strings(units)),
-    )
+    zbus::block_on(f.service.start(
+        sender,
+        CallArgs {
+            kernel: KERNEL.into(),
+            units: strings(units),
+            ..CallArgs::default()
+        },
+    ))
 }
 
 fn completions(events: &[Recorded]) -> Vec<(bool, String)> {
@@ -199,14 +205,18 @@ fn a_call_without_sender_is_denied_without_asking() {
 #[test]
 fn invalid_arguments_fail_before_authorization() {
     let f = allowed();
-    let err = zbus::block_on(f.service.check(Some(CALLER), "vmlinuz", "", vec![], vec![]))
-        .expect_err("relative path");
+    let relative = CallArgs {
+        kernel: "vmlinuz".into(),
+        ..CallArgs::default()
+    };
+    let err = zbus::block_on(f.service.check(Some(CALLER), relative)).expect_err("relative path");
     assert!(matches!(err, ServiceError::InvalidArgs(_)), "{err:?}");
-    let err = zbus::block_on(
-        f.service
-            .start(Some(CALLER), KERNEL, "initrd", vec![], vec![]),
-    )
-    .expect_err("relative path");
+    let relative = CallArgs {
+        kernel: KERNEL.into(),
+        initrd: "initrd".into(),
+        ..CallArgs::default()
+    };
+    let err = zbus::block_on(f.service.start(Some(CALLER), relative)).expect_err("relative path");
     assert!(matches!(err, ServiceError::InvalidArgs(_)), "{err:?}");
     assert!(f.auth.asked().is_empty());
     assert_eq!(f.service.phase(), Phase::Idle);
@@ -380,4 +390,24 @@ fn idle_needs_the_quiet_period() {
     assert!(f.service.idle_for(Duration::ZERO));
     f.service.note_activity();
     assert!(!f.service.idle_for(Duration::from_secs(3600)));
+}
+
+#[test]
+fn check_and_start_ask_for_their_own_actions_and_start_shows_what_it_does() {
+    let f = allowed();
+    check(&f, Some(CALLER)).expect("checks");
+    start(&f, Some(CALLER), &["a.service", "b.service"]).expect("starts");
+    let actions = f.auth.actions();
+    assert_eq!(actions[0].id, crate::POLKIT_ACTION_CHECK);
+    assert_eq!(actions[1].id, crate::POLKIT_ACTION_START);
+    let detail = |key: &str| {
+        actions[1]
+            .details
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(detail("kernel").as_deref(), Some(KERNEL));
+    assert_eq!(detail("units").as_deref(), Some("a.service b.service"));
+    assert_eq!(detail("flags").as_deref(), Some("(none)"));
 }
