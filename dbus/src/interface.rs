@@ -39,6 +39,20 @@ fn sender(header: &Header<'_>) -> Option<String> {
     header.sender().map(|s| s.to_string())
 }
 
+/// Whether the caller of a property read is root, asked of the bus. A read
+/// without a sender, or whose user cannot be told, is not root's.
+async fn caller_is_root(connection: &Connection, header: Option<&Header<'_>>) -> bool {
+    let Some(sender) = header.and_then(|h| h.sender()) else {
+        return false;
+    };
+    let Ok(bus) = zbus::fdo::DBusProxy::new(connection).await else {
+        return false;
+    };
+    bus.get_connection_unix_user(sender.clone().into())
+        .await
+        .is_ok_and(|uid| uid == 0)
+}
+
 /// Replace the running kernel by kexec while keeping selected services
 /// and their TCP connections (checkpointed with CRIU, restored in the next
 /// boot). Check requires root or the polkit action org.seamlessreboot.check,
@@ -109,19 +123,36 @@ impl Reboot1 {
         self.service.progress()
     }
 
-    /// Why the last update failed; "" when it did not.
-    #[zbus(property)]
-    fn last_error(&self) -> String {
-        self.service.last_error()
+    /// Why the last update failed; "" when it did not. Callers other than
+    /// root read only that it failed.
+    #[zbus(property(emits_changed_signal = "invalidates"))]
+    async fn last_error(
+        &self,
+        #[zbus(header)] header: Option<Header<'_>>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> String {
+        if caller_is_root(connection, header.as_ref()).await {
+            self.service.last_error()
+        } else {
+            self.service.last_error_unprivileged()
+        }
     }
 
     /// JSON: the last update's per-unit checkpoint figures ("kind":
     /// "checkpoint"), its failure ("failed"), or after a reboot the
     /// per-unit restore outcomes ("restore"); "" when there is none.
     #[zbus(property(emits_changed_signal = "invalidates"))]
-    fn last_report(&self) -> String {
+    async fn last_report(
+        &self,
+        #[zbus(header)] header: Option<Header<'_>>,
+        #[zbus(connection)] connection: &Connection,
+    ) -> String {
         self.service.note_activity();
-        self.service.last_report()
+        if caller_is_root(connection, header.as_ref()).await {
+            self.service.last_report()
+        } else {
+            self.service.last_report_unprivileged()
+        }
     }
 
     /// The update ended: success means the machine was handed over to

@@ -37,7 +37,34 @@ pub enum Report {
     },
 }
 
+/// What a caller other than root reads instead of a detail or an error:
+/// those name processes, paths and command lines of the preserved services.
+pub const WITHHELD: &str = "(withheld: only root may read the details)";
+
 impl Report {
+    /// The report as a caller other than root may read it: which units,
+    /// what became of each and how long it took, without the details
+    /// (pids, paths, command lines, error texts).
+    pub fn for_unprivileged(&self) -> Report {
+        match self {
+            Report::Checkpoint(summary) => Report::Checkpoint(summary.clone()),
+            Report::Failed { .. } => Report::Failed {
+                error: WITHHELD.into(),
+            },
+            Report::Restore { units, error, .. } => Report::Restore {
+                transaction_dir: String::new(),
+                units: units
+                    .iter()
+                    .map(|u| UnitOutcome {
+                        detail: WITHHELD.into(),
+                        ..u.clone()
+                    })
+                    .collect(),
+                error: error.as_ref().map(|_| WITHHELD.to_string()),
+            },
+        }
+    }
+
     /// The JSON text of the property.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_else(|e| {
@@ -157,5 +184,38 @@ mod tests {
         );
         let failed = Report::Failed { error: "no".into() };
         assert_eq!(failed.to_json(), r#"{"kind":"failed","error":"no"}"#);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use seamless_reboot_core::manifest::OutcomeKind;
+
+    use super::*;
+
+    #[test]
+    fn others_than_root_read_outcomes_without_details() {
+        let report = Report::Restore {
+            transaction_dir: "/var/lib/seamless-reboot/images/t1-1".into(),
+            units: vec![UnitOutcome {
+                unit: "db.service".into(),
+                outcome: OutcomeKind::ColdStarted,
+                detail: "pid collision: `postgres` (pid 4242) already in use".into(),
+                recorded_unix: 1,
+                duration_ms: 2,
+                downtime_ms: Some(3),
+            }],
+            error: Some("cannot read /var/lib/seamless-reboot/images/t1-1".into()),
+        };
+        let shown = report.for_unprivileged().to_json();
+        assert!(
+            shown.contains("db.service") && shown.contains("cold-started"),
+            "{shown}"
+        );
+        assert!(!shown.contains("4242") && !shown.contains("/var/lib"), "{shown}");
+        let failed = Report::Failed {
+            error: "checkpoint of db.service failed: /usr/bin/postgres -D /srv".into(),
+        };
+        assert!(!failed.for_unprivileged().to_json().contains("/srv"));
     }
 }

@@ -276,8 +276,8 @@ impl Service {
     fn work(&self, request: &UpdateRequest) {
         let events = self.inner.events.clone();
         events.properties_changed(
-            &self.values(&[PROP_OPERATION, PROP_PROGRESS, PROP_LAST_ERROR]),
-            &[],
+            &self.values(&[PROP_OPERATION, PROP_PROGRESS]),
+            &[PROP_LAST_ERROR],
         );
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
             self.inner.engine.start(request, &mut |step: &Step, percent: i32| {
@@ -336,8 +336,8 @@ impl Service {
             tracing::error!("{message}");
         }
         events.properties_changed(
-            &self.values(&[PROP_OPERATION, PROP_PROGRESS, PROP_LAST_ERROR]),
-            &[PROP_LAST_REPORT],
+            &self.values(&[PROP_OPERATION, PROP_PROGRESS]),
+            &[PROP_LAST_ERROR, PROP_LAST_REPORT],
         );
         events.completed(success, &message);
     }
@@ -371,6 +371,25 @@ impl Service {
     /// `LastError`, empty when the last operation did not fail.
     pub fn last_error(&self) -> String {
         self.state().last_error.clone()
+    }
+
+    /// `LastError` for a caller other than root: whether the last
+    /// operation failed, not why (the reason names processes and paths).
+    pub fn last_error_unprivileged(&self) -> String {
+        if self.last_error().is_empty() {
+            String::new()
+        } else {
+            crate::report::WITHHELD.to_string()
+        }
+    }
+
+    /// `LastReport` for a caller other than root
+    /// ([`Report::for_unprivileged`]).
+    pub fn last_report_unprivileged(&self) -> String {
+        let own = self.state().last_report.clone();
+        own.or_else(|| self.inner.engine.restore_report())
+            .map(|r| r.for_unprivileged().to_json())
+            .unwrap_or_default()
     }
 
     /// `LastReport`: this daemon's own last transaction, or else the

@@ -16,10 +16,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use seamless_reboot_core::manifest::{OutcomeKind, UnitOutcome};
 use seamless_reboot_core::transaction::UpdateRequest;
 use seamless_reboot_dbus::auth::{AuthorizationResult, PolkitAuthorizer};
 use seamless_reboot_dbus::interface::serve;
 use seamless_reboot_dbus::proxy::Client;
+use seamless_reboot_dbus::report::Report;
 use seamless_reboot_dbus::simulated::SimulatedEngine;
 use seamless_reboot_dbus::{BUS_NAME, INTERFACE, OBJECT_PATH, POLKIT_ACTION_CHECK, Service};
 use zbus::{Connection, OwnedVariant, interface};
@@ -522,4 +524,62 @@ fn the_fake_polkit_replies_like_polkit() {
     ))
     .expect("reply");
     assert_eq!(reply.body().signature().to_string(), "(bba{ss})");
+}
+
+#[test]
+fn only_root_reads_the_restore_details() {
+    if !can_run("only_root_reads_the_restore_details") {
+        return;
+    }
+    let bus = Bus::start();
+    let _polkit = Polkit::start(&bus);
+    let d = daemon(&bus);
+    d.engine.set_restore_report(Some(Report::Restore {
+        transaction_dir: "/var/lib/seamless-reboot/images/t1-1".into(),
+        units: vec![UnitOutcome {
+            unit: "db.service".into(),
+            outcome: OutcomeKind::Restored,
+            detail: "restored pid 4242".into(),
+            recorded_unix: 1,
+            duration_ms: 2,
+            downtime_ms: Some(3),
+        }],
+        error: None,
+    }));
+    let dest = format!("--dest={BUS_NAME}");
+    let interface = format!("string:{INTERFACE}");
+    let get = [
+        dest.as_str(),
+        OBJECT_PATH,
+        "org.freedesktop.DBus.Properties.Get",
+        interface.as_str(),
+        "string:LastReport",
+    ];
+    let (ok, nobody) = dbus_send_as_nobody(&bus, &get);
+    assert!(ok, "{nobody}");
+    assert!(
+        nobody.contains("db.service") && nobody.contains("restored"),
+        "{nobody}"
+    );
+    assert!(
+        !nobody.contains("4242") && !nobody.contains("/var/lib"),
+        "{nobody}"
+    );
+    let root = zbus::block_on(
+        zbus::fdo::PropertiesProxy::builder(&bus.connect())
+            .destination(BUS_NAME)
+            .path(OBJECT_PATH)
+            .build(),
+    )
+    .expect("proxy");
+    let value = zbus::block_on(root.get(
+        zbus::names::InterfaceName::try_from(INTERFACE).expect("name"),
+        "LastReport",
+    ))
+    .expect("root reads");
+    let text = String::try_from(value).expect("a string");
+    assert!(
+        text.contains("restored pid 4242") && text.contains("/var/lib"),
+        "{text}"
+    );
 }

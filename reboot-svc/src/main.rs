@@ -408,8 +408,17 @@ fn recover() -> Result<ExitCode> {
 
 /// The most recent transaction directory (ids start with the time in ms).
 fn latest_transaction(image_dir: &Path) -> Result<Option<PathBuf>> {
-    let Ok(entries) = std::fs::read_dir(image_dir) else {
-        return Ok(None);
+    let entries = match std::fs::read_dir(image_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "cannot read {}: {e}; the snapshots (the services' memory) are root's: run it as \
+             root, or read the outcomes without details from the daemon \
+             (busctl get-property org.seamlessreboot.Reboot1 /org/seamlessreboot/Reboot1 \
+             org.seamlessreboot.Reboot1 LastReport)",
+            image_dir.display()
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", image_dir.display())),
     };
     let mut dirs: Vec<(u128, PathBuf)> = entries
         .filter_map(|e| e.ok())
@@ -527,5 +536,8 @@ mod tests {
             latest_transaction(&tmp.path().join("missing")).expect("ok"),
             None
         );
+        // Anything but a missing store is said, not taken for "no update".
+        std::fs::write(tmp.path().join("file"), "").expect("file");
+        latest_transaction(&tmp.path().join("file")).expect_err("not a directory");
     }
 }
