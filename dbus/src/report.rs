@@ -185,13 +185,6 @@ mod tests {
         let failed = Report::Failed { error: "no".into() };
         assert_eq!(failed.to_json(), r#"{"kind":"failed","error":"no"}"#);
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use seamless_reboot_core::manifest::OutcomeKind;
-
-    use super::*;
 
     #[test]
     fn others_than_root_read_outcomes_without_details() {
@@ -212,7 +205,10 @@ mod tests {
             shown.contains("db.service") && shown.contains("cold-started"),
             "{shown}"
         );
-        assert!(!shown.contains("4242") && !shown.contains("/var/lib"), "{shown}");
+        assert!(
+            !shown.contains("4242") && !shown.contains("/var/lib"),
+            "{shown}"
+        );
         let failed = Report::Failed {
             error: "checkpoint of db.service failed: /usr/bin/postgres -D /srv".into(),
         };

@@ -1453,6 +1453,109 @@ pub(crate) fn own_commands(guest: &Guest, unit: &str) -> Result<OwnCommands> {
     })
 }
 
+/// A lab-only polkit rule that logs the details of each seamless-reboot
+/// Start polkit is asked about (it decides nothing).
+const POLKIT_LOG_RULE: &str = "polkit.addRule(function(action, subject) {\n\
+    if (action.id == \"org.seamlessreboot.start\") {\n\
+        polkit.log(\"lab-polkit-details: user=\" + subject.user + \" kernel=\" + action.lookup(\"kernel\") +\n\
+                   \" units=\" + action.lookup(\"units\"));\n\
+    }\n\
+});\n";
+
+/// An administrator's Start, without a polkit agent: refused because it
+/// needs authentication, twice (nothing kept), and polkit saw the kernel
+/// and units in the details. `(passed, detail)`.
+fn admin_start_asks_for_authentication(
+    session: &Session<'_>,
+    vmlinuz: &str,
+    unit: &str,
+) -> Result<(bool, String)> {
+    let guest = session.guest();
+    guest.sh(&format!(
+        "id labadmin >/dev/null 2>&1 || useradd -m -G sudo labadmin; \
+         mkdir -p /etc/polkit-1/rules.d; \
+         printf '%s' '{POLKIT_LOG_RULE}' > /etc/polkit-1/rules.d/10-lab-log-details.rules; \
+         systemctl restart polkit.service"
+    ))?;
+    let start = format!(
+        "runuser -u labadmin -- busctl --timeout=150 call {DBUS_DEST} Start ssasasas /boot/{vmlinuz} '' 0 1 {unit} 1 allow-downgrade"
+    );
+    let first = guest.run(&start, Duration::from_secs(200))?;
+    let second = guest.run(&start, Duration::from_secs(200))?;
+    let implicit = guest.sh(
+        "pkaction --verbose --action-id org.seamlessreboot.start | grep -i 'implicit active'",
+    )?;
+    let logged = guest
+        .sh("journalctl -u polkit.service --no-pager -o cat | grep lab-polkit-details | tail -1")?;
+    let daemon = guest.sh(
+        "journalctl -u seamless-reboot.service --no-pager -o cat | grep -E 'Start by .* refused' | tail -1",
+    )?;
+    guest.sh("rm -f /etc/polkit-1/rules.d/10-lab-log-details.rules")?;
+    let refused = |o: &crate::process::Finished| !o.status.success();
+    let passed = refused(&first)
+        && refused(&second)
+        && implicit.trim().ends_with("auth_admin")
+        && logged.contains(&format!("kernel=/boot/{vmlinuz}"))
+        && logged.contains(&format!("units={unit}"))
+        && daemon.contains("refused");
+    Ok((
+        passed,
+        format!(
+            "{}; {}; polkit: {}; daemon: {}",
+            first.output().trim(),
+            implicit.trim(),
+            logged.trim(),
+            daemon.trim()
+        ),
+    ))
+}
+
+/// After an update, as `labuser`: the store cannot be listed, the records
+/// cannot be read, `status` says the snapshots are root's, and the
+/// daemon's `LastReport` names the units and outcomes but no pid, path or
+/// command line. `(passed, detail)`.
+fn unprivileged_user_learns_no_details(session: &Session<'_>) -> Result<(bool, String)> {
+    let guest = session.guest();
+    let as_user = |command: &str| {
+        guest.run(
+            &format!("runuser -u labuser -- {command}"),
+            Duration::from_secs(120),
+        )
+    };
+    let list = as_user("ls /var/lib/seamless-reboot/images")?;
+    let manifest = guest.sh("ls -d /var/lib/seamless-reboot/images/t*/manifest | tail -1")?;
+    let read = as_user(&format!("cat {}", manifest.trim()))?;
+    let status = as_user("seamless-reboot status")?;
+    let report = as_user(&format!(
+        "busctl --timeout=150 get-property {DBUS_DEST} LastReport"
+    ))?;
+    let as_root = guest.sh(&format!(
+        "busctl --timeout=150 get-property {DBUS_DEST} LastReport"
+    ))?;
+    let report_text = report.output();
+    let passed = !list.status.success()
+        && list.output().contains("Permission denied")
+        && !manifest.trim().is_empty()
+        && !read.status.success()
+        && !status.status.success()
+        && status.output().contains("are root's")
+        && report.status.success()
+        && report_text.contains("withheld")
+        && !report_text.contains("restored pid")
+        && !report_text.contains("/var/lib")
+        && as_root.contains("restored pid");
+    Ok((
+        passed,
+        format!(
+            "ls: {}; cat manifest: {}; status: {}; LastReport as labuser: {}",
+            list.output().trim(),
+            read.output().trim(),
+            status.output().trim(),
+            report_text.trim()
+        ),
+    ))
+}
+
 /// Runs `seamless-reboot --check` for `unit` until it fails saying every one
 /// of `needles` (the unit may need a moment to reach the state the check
 /// refuses); returns what it said, or an error with its last answer.
@@ -1580,6 +1683,11 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
     let refused_by_daemon = session.guest().sh(
         "journalctl -u seamless-reboot.service --no-pager -o cat | grep -E 'Start by .* refused' | tail -1",
     )?;
+    // An administrator (group sudo) must authenticate for Start, every time
+    // (auth_admin, nothing kept): without an agent to answer (and from the
+    // lab's ssh session, which is not local) it is refused, twice. A lab-only polkit rule logs the details polkit was given, to
+    // show that the dialog would name the kernel and units.
+    let admin_start = admin_start_asks_for_authentication(session, &kernel_b.vmlinuz, unit)?;
     // The downloads start last, so that they are in full flow at the update.
     let mut nginx = if variant.debian_services {
         Some(NginxDownload::start(session)?)
@@ -1653,6 +1761,7 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
     resumed?;
 
     let status = session.guest().sh("seamless-reboot status")?;
+    let unprivileged = unprivileged_user_learns_no_details(session)?;
     std::fs::write(session.vm.run_dir.join("status.txt"), &status)?;
     // The frozen time as the product recorded it at the checkpoint.
     let status_json = session.guest().sh("seamless-reboot status --json")?;
@@ -1788,6 +1897,16 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
             refused_text.trim(),
             refused_by_daemon.trim()
         ),
+    );
+    report.check(
+        "an admin's Start asks polkit to authenticate each time (auth_admin), naming the kernel and units",
+        admin_start.0,
+        admin_start.1.clone(),
+    );
+    report.check(
+        "an unprivileged user can read neither the images nor the records, and the daemon tells them outcomes without pids, paths or command lines",
+        unprivileged.0,
+        unprivileged.1.clone(),
     );
     report.check(
         "unit active with the restored process as main pid",
