@@ -153,10 +153,7 @@ pub fn plan(
     let kernel = match crate::kexec::check_kernel_file(&request.kernel) {
         Ok(k) => Some(k),
         Err(e) => {
-            problems.push(PlanProblem::Kernel {
-                path: request.kernel.clone(),
-                message: format!("{e}"),
-            });
+            problems.push(e.into());
             None
         }
     };
@@ -169,9 +166,7 @@ pub fn plan(
         match crate::kexec::resolve_initrd(k, &choice, boot_dir, crate::kexec::OwnerPolicy::ROOT) {
             Ok(i) => i,
             Err(e) => {
-                problems.push(PlanProblem::Initrd {
-                    message: format!("{e}"),
-                });
+                problems.push(e.into());
                 None
             }
         }
@@ -299,7 +294,12 @@ fn plan_units(
     let mut units: Vec<PlannedUnit> = Vec::new();
     let mut left_out: Vec<LeftOut> = Vec::new();
     for unit in requested {
-        let status = platform.unit_status(unit);
+        let status = platform
+            .unit_status(unit)
+            .map_err(|e| PlanProblem::UnitUnreadable {
+                unit: unit.clone(),
+                message: format!("{e:#}"),
+            });
         let canonical = status
             .as_ref()
             .map_or_else(|_| unit.clone(), |s| s.unit.clone());
@@ -320,10 +320,10 @@ fn plan_units(
             continue;
         }
         match status.and_then(|status| plan_unit(platform, unit, status)) {
-            Err(e) if policy == UnitPolicy::Restart => left_out.push(LeftOut {
+            Err(problem) if policy == UnitPolicy::Restart => left_out.push(LeftOut {
                 unit: canonical,
                 policy,
-                reason: format!("{e:#}"),
+                reason: problem.to_string(),
             }),
             Ok(planned) => {
                 let name = &planned.status.unit;
@@ -337,44 +337,52 @@ fn plan_units(
                     units.push(planned);
                 }
             }
-            Err(e) => problems.push(PlanProblem::Unit {
-                unit: canonical,
-                message: format!("{e:#}"),
-            }),
+            Err(problem) => problems.push(problem),
         }
     }
     (units, left_out)
 }
 
 /// Plans one unit, requested as `requested`, from its `status`.
-fn plan_unit(platform: &dyn Platform, requested: &str, status: UnitStatus) -> Result<PlannedUnit> {
+fn plan_unit(
+    platform: &dyn Platform,
+    requested: &str,
+    status: UnitStatus,
+) -> Result<PlannedUnit, PlanProblem> {
     if status.load_state != "loaded" {
-        bail!(
-            "{requested}: no such unit (LoadState={})",
-            status.load_state
-        );
+        return Err(PlanProblem::NoSuchUnit {
+            unit: requested.to_string(),
+            load_state: status.load_state,
+        });
     }
     // From here on the unit is named as systemd names it: drop-ins, the
-    // snapshot and the next boot all go by the canonical name.
-    let unit = status.unit.as_str();
-    let unit = &if unit == requested {
-        unit.to_string()
-    } else {
-        format!("{requested} ({unit})")
+    // snapshot and the next boot all go by the canonical name; messages
+    // name it as requested too when that differs.
+    let refuse = |reason: String| PlanProblem::CannotPreserve {
+        requested: requested.to_string(),
+        unit: status.unit.clone(),
+        reason,
     };
     if let Some(why) = never_preserved(&status.unit) {
-        bail!("{unit}: cannot be preserved: {why}");
+        return Err(refuse(format!("cannot be preserved: {why}")));
     }
     if status.active_state != "active" || status.main_pid <= 0 {
-        bail!(
-            "{unit}: not running (ActiveState={}, MainPID={}); only running units can be preserved",
-            status.active_state,
-            status.main_pid
-        );
+        return Err(PlanProblem::NotRunning {
+            requested: requested.to_string(),
+            unit: status.unit.clone(),
+            active_state: status.active_state.clone(),
+            main_pid: status.main_pid,
+        });
     }
     let inventory = platform
         .inventory(&status)
-        .with_context(|| format!("{unit}: cannot list its processes and sockets"))?;
+        .map_err(|e| PlanProblem::UnitUnreadable {
+            unit: status.unit.clone(),
+            message: format!(
+                "{}: cannot list its processes and sockets: {e:#}",
+                problem::named(requested, &status.unit)
+            ),
+        })?;
     if !inventory.outside_main_tree.is_empty() {
         let (list, one) = processes(
             inventory
@@ -382,12 +390,12 @@ fn plan_unit(platform: &dyn Platform, requested: &str, status: UnitStatus) -> Re
                 .iter()
                 .map(|p| format!("{} (`{}`, parent {})", p.pid, p.comm, p.ppid)),
         );
-        bail!(
-            "{unit}: {list} not under its main process {}; CRIU saves only the main \
+        return Err(refuse(format!(
+            "{list} not under its main process {}; CRIU saves only the main \
              process and its descendants, so {} would be lost",
             status.main_pid,
             if one { "it" } else { "they" }
-        );
+        )));
     }
     if !inventory.descendants_elsewhere.is_empty() {
         let (list, one) = processes(
@@ -396,14 +404,14 @@ fn plan_unit(platform: &dyn Platform, requested: &str, status: UnitStatus) -> Re
                 .iter()
                 .map(|d| format!("{} (`{}`, in {})", d.pid, d.comm, d.cgroup)),
         );
-        bail!(
-            "{unit}: cannot be preserved while {list} {} outside the unit (login sessions, \
+        return Err(refuse(format!(
+            "cannot be preserved while {list} {} outside the unit (login sessions, \
              for sshd): descendants of its main process {}, CRIU would take them along and \
              the restore would put them into the unit; sessions are not preserved, end them \
              first",
             if one { "runs" } else { "run" },
             status.main_pid
-        );
+        )));
     }
     if !inventory.unsupported_files.is_empty() {
         let list: Vec<String> = inventory
@@ -411,10 +419,10 @@ fn plan_unit(platform: &dyn Platform, requested: &str, status: UnitStatus) -> Re
             .iter()
             .map(|f| format!("process {} holds {} (fd {})", f.pid, f.kind, f.fd))
             .collect();
-        bail!(
-            "{unit}: cannot be preserved: {}, which CRIU cannot checkpoint",
+        return Err(refuse(format!(
+            "cannot be preserved: {}, which CRIU cannot checkpoint",
             list.join(", ")
-        );
+        )));
     }
     let shared = &inventory.shared_memory;
     if !shared.host_sysv.is_empty() {
@@ -425,14 +433,14 @@ fn plan_unit(platform: &dyn Platform, requested: &str, status: UnitStatus) -> Re
         segments.dedup();
         let (list, one) = processes(pids.iter().map(i32::to_string));
         let segments: Vec<String> = segments.iter().map(u64::to_string).collect();
-        bail!(
-            "{unit}: cannot be preserved as it runs: {list} {} System V shared memory \
+        return Err(refuse(format!(
+            "cannot be preserved as it runs: {list} {} System V shared memory \
              (segment {}) of the host's IPC namespace, which CRIU saves only with an IPC \
              namespace of the unit's own; give the unit one (a drop-in with `PrivateIPC=yes`, \
              then restart it once) or the `restart` policy",
             if one { "has" } else { "have" },
             segments.join(", ")
-        );
+        )));
     }
     if !shared.private_shm_files.is_empty() {
         let list: Vec<String> = shared
@@ -440,11 +448,11 @@ fn plan_unit(platform: &dyn Platform, requested: &str, status: UnitStatus) -> Re
             .iter()
             .map(|(pid, name)| format!("{pid} (/dev/shm/{name})"))
             .collect();
-        bail!(
-            "{unit}: cannot be preserved: processes {} use POSIX shared memory in a private \
+        return Err(refuse(format!(
+            "cannot be preserved: processes {} use POSIX shared memory in a private \
              /dev/shm, whose contents the update does not carry",
             list.join(", ")
-        );
+        )));
     }
     let foreign: Vec<String> = inventory
         .foreign_namespaces
@@ -460,11 +468,11 @@ fn plan_unit(platform: &dyn Platform, requested: &str, status: UnitStatus) -> Re
         })
         .collect();
     if !foreign.is_empty() {
-        bail!(
-            "{unit}: cannot be preserved: it runs in {}; CRIU can checkpoint a unit's own \
+        return Err(refuse(format!(
+            "cannot be preserved: it runs in {}; CRIU can checkpoint a unit's own \
              mount, hostname, IPC and time namespaces, not these",
             foreign.join(", ")
-        );
+        )));
     }
     // After the namespaces: a unit in a network namespace of its own is
     // refused for that, whatever its connections.
@@ -477,14 +485,14 @@ fn plan_unit(platform: &dyn Platform, requested: &str, status: UnitStatus) -> Re
                 None => format!("process {} with a socket no process holds", p.pid),
             })
             .collect();
-        bail!(
-            "{unit}: cannot be preserved while it has unix connections to processes outside \
+        return Err(refuse(format!(
+            "cannot be preserved while it has unix connections to processes outside \
              it ({}): CRIU saves a unix connection only with both of its ends; end those \
              connections first (local clients of the service, another service connected to \
              it; a datagram socket kept connected to syslog's /dev/log is one too), or give the \
              unit the `restart` policy",
             peers.join(", ")
-        );
+        )));
     }
     Ok(PlannedUnit {
         requested: requested.to_string(),

@@ -443,11 +443,9 @@ mod tests {
         assert!(problems[0].starts_with("configuration: "), "{problems:?}");
         let mut steps = Vec::new();
         let err = engine
-            .start(&request, &mut |s: &Step, p: i32| {
-                steps.push((s.to_string(), p))
-            })
+            .start(&request, &mut |s: &Step, p: i32| steps.push((s.clone(), p)))
             .expect_err("bad config");
         assert!(err.starts_with("configuration: "), "{err}");
-        assert_eq!(steps, vec![("planning".to_string(), 2)]);
+        assert_eq!(steps, vec![(Step::Planning, 2)]);
     }
 }

@@ -235,7 +235,7 @@ impl Service {
                 return Err(busy);
             }
             state.phase = Phase::Running;
-            state.operation = "planning".into();
+            state.operation = Step::Planning.to_string();
             state.progress = 0;
             state.last_error.clear();
             state.last_activity = Instant::now();

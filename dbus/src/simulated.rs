@@ -1,11 +1,12 @@
 //! An engine that touches nothing: for tests of the D-Bus layer without
 //! root, CRIU or a kernel to kexec.
 //!
-//! It records every request, plays the real transaction's step names (so
-//! the progress estimate is exercised too), and can be told to fail the
-//! plan, to fail the run after the first checkpoint (with the rollback's
-//! "undoing" step), or to hold after planning until released, so a test can
-//! look at the daemon while an operation runs.
+//! It records every request, plays the real transaction's steps
+//! ([`Step::sequence`], so the progress percentages are exercised too),
+//! and can be told to fail the plan, to fail the run after the first
+//! checkpoint (with the rollback's [`Step::Undoing`]), or to hold after
+//! planning until released, so a test can look at the daemon while an
+//! operation runs.
 
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -140,41 +141,46 @@ impl Engine for SimulatedEngine {
             let at = percent.at(&step);
             progress(&step, at);
         };
-        step(Step::Planning);
-        let plan = self
-            .plan(request)
-            .map_err(|problems| format!("cannot update: {}", problems.join("; ")))?;
-        let gate = self
-            .gate
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(gate) = gate {
-            // A message or a dropped sender both release it.
-            let _ = gate.recv();
-        }
-        step(Step::LoadingKernel);
-        step(Step::GuardingUnits);
-        let failure = self.script().start_failure.clone();
+        // The real transaction's steps, as core lists them: a step added
+        // or renamed there is played here too.
+        let mut plan = None;
         let mut done = Vec::new();
-        for (index, unit) in units.iter().enumerate() {
-            step(Step::Checkpointing {
-                unit: unit.clone(),
-                index,
-                of: units.len(),
-            });
-            if let Some(error) = &failure {
-                step(Step::Undoing);
-                return Err(format!("update failed: {error}; everything was undone"));
+        for next in Step::sequence(&units) {
+            step(next.clone());
+            match next {
+                Step::Planning => {
+                    plan =
+                        Some(self.plan(request).map_err(|problems| {
+                            format!("cannot update: {}", problems.join("; "))
+                        })?);
+                    let gate = self
+                        .gate
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .take();
+                    if let Some(gate) = gate {
+                        // A message or a dropped sender both release it.
+                        let _ = gate.recv();
+                    }
+                }
+                Step::Checkpointing { unit, .. } => {
+                    // Read as the step comes: a test may set it while
+                    // the run waits at the gate.
+                    let failure = self.script().start_failure.clone();
+                    if let Some(error) = failure {
+                        step(Step::Undoing);
+                        return Err(format!("update failed: {error}; everything was undone"));
+                    }
+                    done.push(CheckpointedUnit {
+                        unit,
+                        frozen_ms: 1,
+                        connections: 2,
+                    });
+                }
+                _ => {}
             }
-            done.push(CheckpointedUnit {
-                unit: unit.clone(),
-                frozen_ms: 1,
-                connections: 2,
-            });
         }
-        step(Step::WritingManifest);
-        step(Step::HandingOver);
+        let plan = plan.ok_or("internal error: the simulated run skipped planning")?;
         Ok(Summary {
             transaction_id: plan.transaction_id,
             target_kernel: plan.target_kernel,
@@ -192,7 +198,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn plays_the_transaction_steps() {
+    fn plays_every_step_of_the_transaction_with_its_percentage() {
         let engine = SimulatedEngine::new();
         let request = UpdateRequest {
             kernel: "/boot/vmlinuz-6.12.0".into(),
@@ -201,22 +207,18 @@ mod tests {
         };
         let mut steps = Vec::new();
         let summary = engine
-            .start(&request, &mut |s: &Step, p: i32| {
-                steps.push(format!("{s} {p}"))
-            })
+            .start(&request, &mut |s: &Step, p: i32| steps.push((s.clone(), p)))
             .expect("succeeds");
-        assert_eq!(
-            steps,
-            vec![
-                "planning 2",
-                "loading kernel 10",
-                "guarding units 20",
-                "checkpointing a.service 25",
-                "checkpointing b.service 55",
-                "writing manifest 88",
-                "handing over to systemd kexec 95",
-            ]
-        );
+        let mut percent = ProgressPercent::default();
+        let want: Vec<(Step, i32)> = Step::sequence(&request.units)
+            .into_iter()
+            .map(|s| {
+                let p = percent.at(&s);
+                (s, p)
+            })
+            .collect();
+        assert_eq!(steps, want);
+        assert_eq!(steps[0], (Step::Planning, 2));
         assert_eq!(summary.target_kernel, "6.12.0");
         assert_eq!(summary.units.len(), 2);
         assert_eq!(engine.starts().len(), 1);
@@ -229,10 +231,10 @@ mod tests {
         let mut steps = Vec::new();
         let err = engine
             .start(&UpdateRequest::default(), &mut |s: &Step, _: i32| {
-                steps.push(s.to_string())
+                steps.push(s.clone())
             })
             .expect_err("fails");
         assert!(err.contains("CRIU said no"), "{err}");
-        assert_eq!(steps.last().map(String::as_str), Some("undoing"));
+        assert_eq!(steps.last(), Some(&Step::Undoing));
     }
 }

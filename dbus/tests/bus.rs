@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use seamless_reboot_core::manifest::{OutcomeKind, UnitOutcome};
-use seamless_reboot_core::transaction::UpdateRequest;
+use seamless_reboot_core::transaction::{Step, UpdateRequest};
 use seamless_reboot_dbus::auth::{AuthorizationResult, PolkitAuthorizer};
 use seamless_reboot_dbus::interface::serve;
 use seamless_reboot_dbus::proxy::Client;
@@ -368,14 +368,10 @@ fn a_successful_update_ends_handed_over_and_busy() {
     assert!(done.success, "{}", done.message);
     assert!(done.message.contains("6.12.0"), "{}", done.message);
     let ops: Vec<&str> = steps.iter().map(|(o, _)| o.as_str()).collect();
-    for want in [
-        "planning",
-        "loading kernel",
-        "checkpointing a.service",
-        "checkpointing b.service",
-        "handing over to systemd kexec",
-    ] {
-        assert!(ops.contains(&want), "{want} missing from {ops:?}");
+    // Every step of the run, as core names it, reaches the client.
+    for want in Step::sequence(&["a.service".into(), "b.service".into()]) {
+        let want = want.to_string();
+        assert!(ops.contains(&want.as_str()), "{want} missing from {ops:?}");
     }
     assert!(steps.windows(2).all(|w| w[0].1 <= w[1].1), "{steps:?}");
     let status = client.status().expect("status");

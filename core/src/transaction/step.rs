@@ -9,8 +9,14 @@
 
 use std::fmt;
 
+use serde::Serialize;
+
 /// One step of an update, in the order they happen.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// As JSON: `{"step": "checkpointing", "unit": "a.service", "index": 0,
+/// "of": 2}`, the tag being [`Step::as_str`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "step", rename_all = "kebab-case")]
 pub enum Step {
     /// Checking the request against the system (nothing changes).
     Planning,
@@ -33,9 +39,28 @@ pub enum Step {
 }
 
 impl Step {
+    /// Every step a successful update over `units` announces, in order:
+    /// what the transaction and the simulated engine play, and so what
+    /// D-Bus publishes.
+    pub fn sequence(units: &[String]) -> Vec<Step> {
+        let mut steps = vec![Step::Planning, Step::LoadingKernel, Step::GuardingUnits];
+        steps.extend(
+            units
+                .iter()
+                .enumerate()
+                .map(|(index, unit)| Step::Checkpointing {
+                    unit: unit.clone(),
+                    index,
+                    of: units.len(),
+                }),
+        );
+        steps.extend([Step::WritingManifest, Step::HandingOver]);
+        steps
+    }
+
     /// A stable machine name (kebab-case), for JSON output; the unit of a
     /// checkpoint is not part of it.
-    pub fn name(&self) -> &'static str {
+    pub fn as_str(&self) -> &'static str {
         match self {
             Step::Planning => "planning",
             Step::LoadingKernel => "loading-kernel",
@@ -134,6 +159,8 @@ mod tests {
         let mut percent = ProgressPercent::default();
         let seen: Vec<i32> = steps.iter().map(|s| percent.at(s)).collect();
         assert_eq!(seen, vec![2, 10, 20, 25, 55, 88, 95]);
+        // D-Bus's Operation and the CLI's progress lines (the lab matches
+        // "handing over to systemd kexec"): a change here is one there.
         assert_eq!(
             steps.iter().map(Step::to_string).collect::<Vec<_>>(),
             vec![
@@ -159,20 +186,71 @@ mod tests {
         assert!(checkpointing(99, 100).percent() < Step::WritingManifest.percent());
     }
 
+    /// Every variant once, by an exhaustive match: a new step does not
+    /// compile until it is here, and then the tests below name it.
+    fn variant_index(step: &Step) -> usize {
+        match step {
+            Step::Planning => 0,
+            Step::LoadingKernel => 1,
+            Step::GuardingUnits => 2,
+            Step::Checkpointing { .. } => 3,
+            Step::WritingManifest => 4,
+            Step::HandingOver => 5,
+            Step::Undoing => 6,
+        }
+    }
+
+    /// One step of each variant.
+    fn every_step() -> Vec<Step> {
+        let mut steps = Step::sequence(&["a.service".to_string()]);
+        steps.push(Step::Undoing);
+        steps
+    }
+
     #[test]
-    fn machine_names_are_distinct() {
-        let steps = [
-            Step::Planning,
-            Step::LoadingKernel,
-            Step::GuardingUnits,
-            checkpointing(0, 1),
-            Step::WritingManifest,
-            Step::HandingOver,
-            Step::Undoing,
-        ];
-        let mut names: Vec<&str> = steps.iter().map(Step::name).collect();
-        names.sort_unstable();
-        names.dedup();
-        assert_eq!(names.len(), steps.len());
+    fn machine_names_are_stable_distinct_and_the_json_tag() {
+        let steps = every_step();
+        let indices: Vec<usize> = steps.iter().map(variant_index).collect();
+        assert_eq!(indices, (0..steps.len()).collect::<Vec<_>>());
+        // Tooling matches on these: a rename is a breaking change.
+        let names: Vec<&str> = steps.iter().map(Step::as_str).collect();
+        assert_eq!(
+            names,
+            vec![
+                "planning",
+                "loading-kernel",
+                "guarding-units",
+                "checkpointing",
+                "writing-manifest",
+                "handing-over",
+                "undoing",
+            ]
+        );
+        for step in &steps {
+            let json = serde_json::to_value(step).expect("serializes");
+            assert_eq!(json["step"], step.as_str(), "{json}");
+        }
+        assert_eq!(
+            serde_json::to_value(&steps[3]).expect("serializes"),
+            serde_json::json!({"step": "checkpointing", "unit": "a.service", "index": 0, "of": 1})
+        );
+    }
+
+    #[test]
+    fn a_run_announces_every_step_but_the_undo_and_moves_forward() {
+        let units = ["a.service".to_string(), "b.service".to_string()];
+        let steps = Step::sequence(&units);
+        let mut seen: Vec<usize> = steps.iter().map(variant_index).collect();
+        seen.dedup();
+        assert_eq!(
+            seen,
+            vec![0, 1, 2, 3, 4, 5],
+            "in order, each variant but the undo"
+        );
+        assert_eq!(Step::Undoing.percent(), None);
+        let mut percent = ProgressPercent::default();
+        let values: Vec<i32> = steps.iter().map(|s| percent.at(s)).collect();
+        assert!(values.windows(2).all(|w| w[0] < w[1]), "{values:?}");
+        assert!(values.iter().all(|v| (1..100).contains(v)), "{values:?}");
     }
 }

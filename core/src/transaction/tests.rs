@@ -350,10 +350,11 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Plans one unit as the plan does: its status, then the unit.
-fn plan_one(platform: &FakePlatform, unit: &str) -> Result<PlannedUnit> {
-    platform
+fn plan_one(platform: &FakePlatform, unit: &str) -> Result<PlannedUnit, PlanProblem> {
+    let status = platform
         .unit_status(unit)
-        .and_then(|status| plan_unit(platform, unit, status))
+        .expect("the fake knows every unit");
+    plan_unit(platform, unit, status)
 }
 
 /// The undo of a transaction over a.service and b.service that failed at
@@ -383,23 +384,13 @@ fn the_steps_are_announced_in_order_with_their_units() {
     let tmp = tempfile::tempdir().expect("tmp");
     let platform = FakePlatform::default();
     let plan = plan_for(tmp.path(), &platform, &["a.service", "b.service"]);
-    let mut seen = Vec::new();
+    let mut seen = vec![Step::Planning];
     run(&platform, &plan, &mut |step: &Step| seen.push(step.clone())).expect("succeeds");
-    let checkpoint = |unit: &str, index| Step::Checkpointing {
-        unit: unit.into(),
-        index,
-        of: 2,
-    };
+    // What the simulated engine plays and D-Bus publishes (after the
+    // engine's own planning step).
     assert_eq!(
         seen,
-        vec![
-            Step::LoadingKernel,
-            Step::GuardingUnits,
-            checkpoint("a.service", 0),
-            checkpoint("b.service", 1),
-            Step::WritingManifest,
-            Step::HandingOver,
-        ]
+        Step::sequence(&["a.service".into(), "b.service".into()])
     );
     let failing = FakePlatform::failing(&["dump b.service"]);
     let plan = plan_for(tmp.path(), &failing, &["a.service", "b.service"]);
@@ -1524,4 +1515,63 @@ fn an_older_kernel_is_refused_unless_allowed() {
         downgrade_problem("6.1.0", "", false).is_none(),
         "no release to compare"
     );
+}
+
+#[test]
+fn the_plans_problems_are_typed_with_their_kinds_and_units() {
+    let platform = FakePlatform::default();
+    let request = UpdateRequest {
+        kernel: PathBuf::from("/nonexistent/vmlinuz-6.12.0"),
+        ..Default::default()
+    };
+    let problems = plan(
+        &platform,
+        &request,
+        Path::new("/nonexistent/images"),
+        Path::new("/usr/bin/seamless-reboot"),
+    )
+    .expect_err("no kernel, no units");
+    let kinds: Vec<&str> = problems.iter().map(PlanProblem::kind).collect();
+    assert_eq!(kinds, vec!["kernel", "no-units"], "{problems:?}");
+    assert!(
+        problems[0]
+            .to_string()
+            .starts_with("cannot open kernel /nonexistent/vmlinuz-6.12.0: "),
+        "{}",
+        problems[0]
+    );
+
+    let mut status = platform.unit_status("gone.service").expect("status");
+    status.load_state = "not-found".into();
+    let problem = plan_unit(&platform, "gone", status).expect_err("not loaded");
+    assert_eq!(problem.kind(), "no-such-unit");
+    assert_eq!(
+        problem.to_string(),
+        "gone: no such unit (LoadState=not-found)"
+    );
+
+    let platform = FakePlatform {
+        inactive: RefCell::new(vec!["a.service".into()]),
+        ..Default::default()
+    };
+    let problem = plan_one(&platform, "a").expect_err("not running");
+    assert_eq!(
+        (problem.kind(), problem.unit()),
+        ("not-running", Some("a.service"))
+    );
+    assert_eq!(
+        problem.to_string(),
+        "a (a.service): not running (ActiveState=inactive, MainPID=100); only running units \
+         can be preserved"
+    );
+
+    let problem = plan_one(&platform, "dbus.service").expect_err("the bus");
+    assert_eq!(
+        (problem.kind(), problem.unit()),
+        ("cannot-preserve", Some("dbus.service"))
+    );
+    assert!(matches!(
+        &problem,
+        PlanProblem::CannotPreserve { reason, .. } if reason.starts_with("cannot be preserved: it is the system bus")
+    ));
 }

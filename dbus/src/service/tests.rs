@@ -3,6 +3,8 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use seamless_reboot_core::transaction::ProgressPercent;
+
 use super::*;
 use crate::auth::ListAuthorizer;
 use crate::engine::PlanSummary;
@@ -228,23 +230,20 @@ fn start_runs_to_the_handover_and_reports_each_step() {
     start(&f, Some(CALLER), &["a.service", "b.service"]).expect("started");
     f.service.wait_for_worker();
     let events = f.events.events();
-    assert_eq!(
-        operations(&events),
-        strings(&[
-            "planning",
-            "planning",
-            "loading kernel",
-            "guarding units",
-            "checkpointing a.service",
-            "checkpointing b.service",
-            "writing manifest",
-            "handing over to systemd kexec",
-            "rebooting",
-        ])
-    );
+    // Operation and Progress are the core's steps and percentages: Start's
+    // claim (planning, 0), each step of the run, then the hand-over.
+    let steps = Step::sequence(&strings(&["a.service", "b.service"]));
+    let mut want = vec![Step::Planning.to_string()];
+    want.extend(steps.iter().map(Step::to_string));
+    want.push(OPERATION_REBOOTING.to_string());
+    assert_eq!(operations(&events), want);
+    let mut percent = ProgressPercent::default();
+    let mut want = vec![0];
+    want.extend(steps.iter().map(|s| percent.at(s)));
+    want.push(100);
     let progress = progresses(&events);
+    assert_eq!(progress, want);
     assert!(progress.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
-    assert_eq!(progress.last(), Some(&100));
     // The last change invalidates LastError and LastReport (their values
     // depend on who reads them), then Completed follows.
     let n = events.len();
@@ -316,8 +315,11 @@ fn a_failed_start_sets_last_error_and_frees_the_daemon() {
         "{}",
         done[0].1
     );
-    assert!(operations(&events).contains(&"undoing".to_string()));
-    assert_eq!(operations(&events).last().map(String::as_str), Some("idle"));
+    assert!(operations(&events).contains(&Step::Undoing.to_string()));
+    assert_eq!(
+        operations(&events).last().map(String::as_str),
+        Some(OPERATION_IDLE)
+    );
     assert_eq!(f.service.phase(), Phase::Idle);
     assert_eq!(f.service.operation(), "idle");
     assert_eq!(f.service.progress(), 0);
