@@ -66,6 +66,9 @@ pub trait Platform {
     /// Bytes root may still write on the filesystem that holds `dir` (or,
     /// while `dir` does not exist yet, its nearest existing parent).
     fn free_bytes(&self, dir: &Path) -> Result<u64>;
+    /// The owner and permission bits of `path`; `None` when it does not
+    /// exist.
+    fn owner_and_mode(&self, path: &Path) -> Result<Option<(u32, u32)>>;
     /// Writes `/run/systemd/system/<unit>.d/<name>` (a runtime drop-in).
     fn write_runtime_dropin(&self, unit: &str, name: &str, contents: &str) -> Result<()>;
     /// Removes a runtime drop-in written by [`Platform::write_runtime_dropin`].
@@ -303,6 +306,15 @@ impl Platform for LinuxPlatform {
         let stat = nix::sys::statvfs::statvfs(existing)
             .with_context(|| format!("cannot read the free space of {}", existing.display()))?;
         Ok(stat.blocks_free().saturating_mul(stat.fragment_size()))
+    }
+
+    fn owner_and_mode(&self, path: &Path) -> Result<Option<(u32, u32)>> {
+        use std::os::unix::fs::MetadataExt;
+        match fs::metadata(path) {
+            Ok(meta) => Ok(Some((meta.uid(), meta.mode() & 0o7777))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
     }
 
     fn write_runtime_dropin(&self, unit: &str, name: &str, contents: &str) -> Result<()> {

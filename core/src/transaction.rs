@@ -217,6 +217,21 @@ pub fn plan(
             left_out: left_out.len(),
         });
     }
+    // The snapshots hold the services' memory: the store is root's alone.
+    // (Missing, it is made 0700 with the first transaction.)
+    match platform.owner_and_mode(image_root) {
+        Ok(Some((uid, mode))) if uid != 0 || mode & 0o077 != 0 => {
+            problems.push(PlanProblem::StoreNotPrivate {
+                store: image_root.to_path_buf(),
+                uid,
+                mode,
+            });
+        }
+        Ok(_) => {}
+        Err(e) => problems.push(PlanProblem::Store {
+            message: format!("{e:#}"),
+        }),
+    }
     if let Some(problem) = free_space_problem(platform, image_root, &units) {
         problems.push(problem);
     }

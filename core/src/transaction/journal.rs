@@ -107,7 +107,10 @@ impl UndoLog {
         boot_id: &str,
         restore_binary: &Path,
     ) -> Result<Self> {
-        fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        // Private from creation: the snapshots hold the services' memory.
+        std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         let lock = lock_dir(dir)?
             .with_context(|| format!("{} is in use by another update", dir.display()))?;
         let log = UndoLog {

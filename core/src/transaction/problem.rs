@@ -90,9 +90,18 @@ pub enum PlanProblem {
         need_mib: u64,
         free_mib: u64,
     },
-    /// The image store's free space cannot be read.
+    /// The image store's free space or permissions cannot be read.
     #[error("{message}")]
     Store { message: String },
+    /// The image store can be read by others than root.
+    #[error(
+        "the image store {store} is not private (owner uid {uid}, mode {mode:04o}): the \
+         snapshots hold the services' memory (keys, passwords, sessions), so it must be \
+         owned by root with no access for group or others (chown root: {store}; chmod 0700 \
+         {store})",
+        store = .store.display()
+    )]
+    StoreNotPrivate { store: PathBuf, uid: u32, mode: u32 },
 }
 
 /// A unit as the operator named it, with systemd's name when that differs
@@ -124,6 +133,7 @@ impl PlanProblem {
             PlanProblem::NothingPreserved { .. } => "nothing-preserved",
             PlanProblem::NoSpace { .. } => "no-space",
             PlanProblem::Store { .. } => "store",
+            PlanProblem::StoreNotPrivate { .. } => "store-not-private",
         }
     }
 
@@ -180,6 +190,7 @@ mod tests {
             PlanProblem::NothingPreserved { .. } => 11,
             PlanProblem::NoSpace { .. } => 12,
             PlanProblem::Store { .. } => 13,
+            PlanProblem::StoreNotPrivate { .. } => 14,
         }
     }
 
@@ -242,6 +253,11 @@ mod tests {
             },
             PlanProblem::Store {
                 message: "cannot stat /var/lib/x".into(),
+            },
+            PlanProblem::StoreNotPrivate {
+                store: "/var/lib/x".into(),
+                uid: 1000,
+                mode: 0o755,
             },
         ]
     }

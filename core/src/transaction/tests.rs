@@ -50,6 +50,8 @@ struct FakePlatform {
     aliases: Vec<(String, String)>,
     /// Free bytes where the images go (`None`: plenty).
     free: Option<u64>,
+    /// The image store's owner and mode; `None`: not made yet.
+    store_mode: Option<(u32, u32)>,
     /// The snapshot directory each unit's restore drop-in names.
     restore_from: RefCell<Vec<(String, PathBuf)>>,
     /// Units whose restore drop-in is in place now.
@@ -141,6 +143,9 @@ impl Platform for FakePlatform {
     }
     fn free_bytes(&self, _: &Path) -> Result<u64> {
         Ok(self.free.unwrap_or(u64::MAX))
+    }
+    fn owner_and_mode(&self, _: &Path) -> Result<Option<(u32, u32)>> {
+        Ok(self.store_mode)
     }
     fn write_runtime_dropin(&self, unit: &str, name: &str, text: &str) -> Result<()> {
         if let Some(rest) = text.split("restore-unit ").nth(1)
@@ -1167,6 +1172,13 @@ fn the_undo_journal_follows_every_step_and_stays_after_the_handover() {
     let plan = plan_for(tmp.path(), &platform, &["a.service", "b.service"]);
     let mut progress = no_progress();
     run(&platform, &plan, &mut progress).expect("succeeds");
+    // Private from creation, the store that holds it too.
+    for dir in [plan.transaction_dir.as_path(), tmp.path().join("images").as_path()] {
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(dir).expect("made").permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o700, "{}", dir.display());
+    }
     let text = std::fs::read_to_string(plan.transaction_dir.join(journal::JOURNAL_FILE))
         .expect("journal kept after the hand-over");
     let journal: serde_json::Value = serde_json::from_str(&text).expect("json");
@@ -1574,4 +1586,50 @@ fn the_plans_problems_are_typed_with_their_kinds_and_units() {
         &problem,
         PlanProblem::CannotPreserve { reason, .. } if reason.starts_with("cannot be preserved: it is the system bus")
     ));
+}
+
+#[test]
+fn a_store_others_can_read_is_refused_a_private_or_missing_one_is_not() {
+    let request = UpdateRequest {
+        kernel: PathBuf::from("/nonexistent/vmlinuz-6.12.0"),
+        ..Default::default()
+    };
+    let kinds = |store_mode| {
+        let platform = FakePlatform {
+            store_mode,
+            ..Default::default()
+        };
+        let problems = plan(
+            &platform,
+            &request,
+            Path::new("/var/lib/x"),
+            Path::new("/usr/bin/seamless-reboot"),
+        )
+        .expect_err("no kernel, no units");
+        problems
+            .iter()
+            .map(|p| (p.kind(), p.to_string()))
+            .collect::<Vec<_>>()
+    };
+    let open = kinds(Some((0, 0o755)));
+    let refused = open
+        .iter()
+        .find(|(kind, _)| *kind == "store-not-private")
+        .expect("refused");
+    assert!(
+        refused.1.contains("mode 0755") && refused.1.contains("chmod 0700"),
+        "{}",
+        refused.1
+    );
+    assert!(
+        kinds(Some((1000, 0o700)))
+            .iter()
+            .any(|(k, _)| *k == "store-not-private")
+    );
+    assert!(
+        !kinds(Some((0, 0o700)))
+            .iter()
+            .any(|(k, _)| *k == "store-not-private")
+    );
+    assert!(!kinds(None).iter().any(|(k, _)| *k == "store-not-private"));
 }
