@@ -1173,7 +1173,10 @@ fn the_undo_journal_follows_every_step_and_stays_after_the_handover() {
     let mut progress = no_progress();
     run(&platform, &plan, &mut progress).expect("succeeds");
     // Private from creation, the store that holds it too.
-    for dir in [plan.transaction_dir.as_path(), tmp.path().join("images").as_path()] {
+    for dir in [
+        plan.transaction_dir.as_path(),
+        tmp.path().join("images").as_path(),
+    ] {
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(dir).expect("made").permissions(),
         );
