@@ -26,6 +26,11 @@ fn snapshot_dir(dir: &Path, unit: &str) -> PathBuf {
     dir.join(unit_dir_name(unit))
 }
 
+/// Restores `unit` of the transaction `dir` with the default settings.
+fn restore(system: &FakeNextBoot, dir: &Path, unit: &str) -> Result<()> {
+    restore_unit(system, &snapshot_dir(dir, unit), unit, &settings())
+}
+
 fn outcome_of(dir: &Path, unit: &str) -> Option<UnitOutcome> {
     read_outcomes(dir)
         .expect("outcomes")
@@ -38,13 +43,7 @@ fn a_restore_frees_the_pids_restores_releases_and_records() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = claimed(tmp.path(), &["a.service"]);
     let system = FakeNextBoot::new(BOOT_B);
-    restore_unit(
-        &system,
-        &snapshot_dir(&dir, "a.service"),
-        "a.service",
-        &settings(),
-    )
-    .expect("restores");
+    restore(&system, &dir, "a.service").expect("restores");
     assert_eq!(
         system.calls(),
         vec![
@@ -115,13 +114,7 @@ fn a_changed_image_is_not_restored_the_unit_cold_starts_and_its_peers_are_releas
     )
     .expect("corrupt");
     let system = FakeNextBoot::new(BOOT_B);
-    let err = restore_unit(
-        &system,
-        &snapshot_dir(&dir, "a.service"),
-        "a.service",
-        &settings(),
-    )
-    .expect_err("refused");
+    let err = restore(&system, &dir, "a.service").expect_err("refused");
     assert!(format!("{err:#}").contains("core-1.img"), "{err:#}");
     assert!(!system.called("criu"), "{:?}", system.calls());
     assert!(system.called("hold release a.service"));
@@ -136,13 +129,7 @@ fn a_pid_taken_in_this_boot_stops_the_restore_before_criu_forks() {
     let dir = claimed(tmp.path(), &["a.service"]);
     let mut system = FakeNextBoot::new(BOOT_B);
     system.pids_in_use = vec![551];
-    let err = restore_unit(
-        &system,
-        &snapshot_dir(&dir, "a.service"),
-        "a.service",
-        &settings(),
-    )
-    .expect_err("collision");
+    let err = restore(&system, &dir, "a.service").expect_err("collision");
     assert!(format!("{err:#}").contains("pid collision"), "{err:#}");
     assert!(system.called("hold release a.service"));
     assert!(!system.called("pid-file"));
@@ -160,13 +147,7 @@ fn criu_failing_is_a_cold_start_with_its_log_named() {
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = claimed(tmp.path(), &["a.service"]);
     let system = FakeNextBoot::new(BOOT_B).failing("criu");
-    restore_unit(
-        &system,
-        &snapshot_dir(&dir, "a.service"),
-        "a.service",
-        &settings(),
-    )
-    .expect_err("fails");
+    restore(&system, &dir, "a.service").expect_err("fails");
     let outcome = outcome_of(&dir, "a.service").expect("recorded");
     assert_eq!(outcome.outcome, OutcomeKind::ColdStarted);
     assert!(outcome.detail.contains("restore.log"), "{}", outcome.detail);
@@ -180,13 +161,7 @@ fn without_a_hold_the_restore_goes_on_and_the_hold_rules_are_flushed() {
     let mut system = FakeNextBoot::new(BOOT_B);
     system.hold = false;
     system.tables = vec![hold::HOLD_TABLE.to_string()];
-    restore_unit(
-        &system,
-        &snapshot_dir(&dir, "b.service"),
-        "b.service",
-        &settings(),
-    )
-    .expect("restores");
+    restore(&system, &dir, "b.service").expect("restores");
     let calls = system.calls();
     assert!(!calls.iter().any(|c| c.starts_with("hold ")), "{calls:?}");
     // b is the manifest's second unit: its sets are the ones flushed.
@@ -208,13 +183,7 @@ fn a_hold_that_stopped_answering_does_not_stop_the_restore() {
     let dir = claimed(tmp.path(), &["a.service"]);
     let mut system = FakeNextBoot::new(BOOT_B).failing("hold ");
     system.tables = vec![hold::HOLD_TABLE.to_string()];
-    restore_unit(
-        &system,
-        &snapshot_dir(&dir, "a.service"),
-        "a.service",
-        &settings(),
-    )
-    .expect("restores");
+    restore(&system, &dir, "a.service").expect("restores");
     assert!(system.called("nft flush set inet seamless-reboot-hold unit0_v4"));
     assert_eq!(
         outcome_of(&dir, "a.service").expect("recorded").outcome,
@@ -227,22 +196,10 @@ fn a_snapshot_claimed_by_another_boot_or_by_none_is_not_restored_nor_recorded() 
     let tmp = tempfile::tempdir().expect("tmp");
     let dir = transaction(tmp.path(), "t1-1", &["a.service"]);
     let system = FakeNextBoot::new(BOOT_B);
-    let err = restore_unit(
-        &system,
-        &snapshot_dir(&dir, "a.service"),
-        "a.service",
-        &settings(),
-    )
-    .expect_err("unclaimed");
+    let err = restore(&system, &dir, "a.service").expect_err("unclaimed");
     assert!(format!("{err:#}").contains("did not claim"), "{err:#}");
     crate::manifest::claim(&dir, "33333333-3333-3333-3333-333333333333").expect("claim");
-    let err = restore_unit(
-        &system,
-        &snapshot_dir(&dir, "a.service"),
-        "a.service",
-        &settings(),
-    )
-    .expect_err("claimed by another boot");
+    let err = restore(&system, &dir, "a.service").expect_err("claimed by another boot");
     assert!(
         format!("{err:#}").contains("consumed by boot 3333"),
         "{err:#}"
@@ -305,22 +262,10 @@ fn finish_cold_starts_what_was_not_restored_and_reports_a_start_that_fails() {
     let dir = claimed(tmp.path(), &["a.service", "b.service", "c.service"]);
     let system = FakeNextBoot::new(BOOT_B).failing("start c.service");
     // a restored; b's restore failed (recorded); c never recorded anything.
-    restore_unit(
-        &system,
-        &snapshot_dir(&dir, "a.service"),
-        "a.service",
-        &settings(),
-    )
-    .expect("a");
+    restore(&system, &dir, "a.service").expect("a");
     system.set_state("a.service", "active");
     let failing = FakeNextBoot::new(BOOT_B).failing("criu");
-    restore_unit(
-        &failing,
-        &snapshot_dir(&dir, "b.service"),
-        "b.service",
-        &settings(),
-    )
-    .expect_err("b");
+    restore(&failing, &dir, "b.service").expect_err("b");
     system.set_state("b.service", "failed");
     system.set_state("c.service", "inactive");
     let err = finish_restore(&system, &dir).expect_err("c cannot start");
