@@ -93,10 +93,7 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
             };
             // Holding with the defaults beats not holding (every peer would
             // get a reset) when the configuration cannot be read.
-            let config = Config::load().map(|l| l.config).unwrap_or_else(|e| {
-                eprintln!("seamless-reboot hold: {e:#}; using the default configuration");
-                Config::default()
-            });
+            let config = config_or_defaults(Path::new("/"), "seamless-reboot hold");
             let settings = HoldSettings {
                 packets: match config.network.hold {
                     HoldMode::Drop => PacketHold::Drop,
@@ -121,10 +118,7 @@ fn dispatch(args: &[String]) -> Result<ExitCode> {
             };
             // A restore with the default timeouts beats a cold start when
             // the configuration cannot be read.
-            let config = Config::load().map(|l| l.config).unwrap_or_else(|e| {
-                eprintln!("seamless-reboot restore-unit: {e:#}; using the default configuration");
-                Config::default()
-            });
+            let config = config_or_defaults(Path::new("/"), "seamless-reboot restore-unit");
             let settings = RestoreSettings {
                 disable_window_scaling: config.network.disable_window_scaling_during_restore,
                 criu_timeout: config.timeouts.restore(),
@@ -359,10 +353,7 @@ fn status(args: &[String]) -> Result<ExitCode> {
 /// hand-over: undoes the update if systemd does not kexec.
 fn watch_kexec(transaction_dir: &Path) -> Result<ExitCode> {
     // Watching with the defaults beats not watching.
-    let config = Config::load().map(|l| l.config).unwrap_or_else(|e| {
-        eprintln!("seamless-reboot watch-kexec: {e:#}; using the default configuration");
-        Config::default()
-    });
+    let config = config_or_defaults(Path::new("/"), "seamless-reboot watch-kexec");
     let platform = LinuxPlatform::new(config.timeouts.checkpoint());
     let watch = KexecWatch {
         poll: Duration::from_millis(500),
@@ -442,10 +433,7 @@ fn generator(args: &[String]) -> Result<ExitCode> {
     // The marker on the command line decides whether this boot restores;
     // an unreadable configuration must not turn it into a silent cold
     // start: the default image store is tried, and the reason is logged.
-    let config = Config::load().map(|l| l.config).unwrap_or_else(|e| {
-        eprintln!("seamless-reboot-generator: {e:#}; using the default configuration");
-        Config::default()
-    });
+    let config = config_or_defaults(Path::new("/"), "seamless-reboot-generator");
     let decision = nextboot::generator_decision(
         &cmdline,
         &config.image_dir,
@@ -473,6 +461,20 @@ fn generator(args: &[String]) -> Result<ExitCode> {
     let binary = PathBuf::from("/usr/bin/seamless-reboot");
     nextboot::write_generated(Path::new(out), &decision, &binary)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The configuration under `root`, or the defaults when it cannot be
+/// read, saying why on stderr (the journal). For the next boot's steps and
+/// the kexec watcher, which run unattended: each does better with the
+/// defaults (hold, restore, watch) than not at all, where a failure would
+/// cold-start every unit or leave them down.
+fn config_or_defaults(root: &Path, who: &str) -> Config {
+    Config::load_from_root(root)
+        .map(|l| l.config)
+        .unwrap_or_else(|e| {
+            eprintln!("{who}: {e:#}; using the default configuration");
+            Config::default()
+        })
 }
 
 /// `1 process`, `2 processes`.
@@ -520,6 +522,24 @@ mod tests {
         let err =
             parse_update_args(&strings(&["--kernel", "k", "--frobnicate"])).expect_err("unknown");
         assert!(format!("{err}").contains("unknown argument `--frobnicate`"));
+    }
+
+    #[test]
+    fn an_unreadable_configuration_gives_the_defaults_for_the_next_boot() {
+        let root = tempfile::tempdir().expect("root");
+        let etc = root.path().join("etc/seamless-reboot");
+        std::fs::create_dir_all(&etc).expect("mkdir");
+        std::fs::write(etc.join("config.toml"), "image_dir = \"/srv/images\"\n").expect("write");
+        assert_eq!(
+            config_or_defaults(root.path(), "test").image_dir,
+            Path::new("/srv/images")
+        );
+        std::fs::write(etc.join("config.toml"), "image_dir = [not toml").expect("write");
+        Config::load_from_root(root.path()).expect_err("corrupt");
+        assert_eq!(
+            config_or_defaults(root.path(), "test").image_dir,
+            Config::default().image_dir
+        );
     }
 
     #[test]
