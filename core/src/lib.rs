@@ -16,4 +16,5 @@ pub mod pid_reserve;
 pub mod platform;
 #[cfg(test)]
 mod proptests;
+pub mod prune;
 pub mod transaction;

@@ -848,4 +848,4 @@ mod branch_tests;
 #[cfg(test)]
 mod fake;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -37,6 +37,9 @@ const USAGE: &str = "usage:
       --allow-downgrade accepts a kernel older than the running one.
   seamless-reboot status [--json]
       what the last update did to each unit.
+  seamless-reboot prune [--keep N]
+      remove old snapshots (the services' memory), keeping the newest N
+      (default 1) and any that an update under way or a recovery still needs.
   seamless-reboot recover
       undo what an update of this boot left half done because its daemon died
       or systemd did not kexec (the daemon does this itself when it starts).";
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
 fn dispatch(args: &[String]) -> Result<ExitCode> {
     match args.first().map(String::as_str) {
         Some("status") => status(&args[1..]),
+        Some("prune") => prune(&args[1..]),
         Some("recover") => {
             let [] = &args[1..] else {
                 bail!("usage: seamless-reboot recover")
@@ -460,6 +464,28 @@ fn generator(args: &[String]) -> Result<ExitCode> {
     }
     let binary = PathBuf::from("/usr/bin/seamless-reboot");
     nextboot::write_generated(Path::new(out), &decision, &binary)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `prune [--keep N]`.
+fn prune(args: &[String]) -> Result<ExitCode> {
+    let keep = match args {
+        [] => 1,
+        [flag, n] if flag == "--keep" => n
+            .parse()
+            .with_context(|| format!("--keep needs a number, got {n:?}"))?,
+        _ => bail!("usage: seamless-reboot prune [--keep N]"),
+    };
+    let config = Config::load()?.config;
+    let boot_id = read_boot_id(Path::new("/"))?;
+    for done in seamless_reboot_core::prune::prune(&config.image_dir, keep, &boot_id)? {
+        use seamless_reboot_core::prune::Pruned;
+        match done {
+            Pruned::Removed(dir) => println!("removed {}", dir.display()),
+            Pruned::Kept(dir) => println!("kept {} (one of the newest {keep})", dir.display()),
+            Pruned::Needed(dir, why) => println!("kept {}: {why}", dir.display()),
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

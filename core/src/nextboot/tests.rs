@@ -2,12 +2,12 @@ use super::*;
 use crate::layout::unit_dir_name;
 use crate::manifest::{FORMAT_VERSION, UnitSnapshot, write_outcome};
 
-pub(super) const BOOT_A: &str = "11111111-1111-1111-1111-111111111111";
+pub(crate) const BOOT_A: &str = "11111111-1111-1111-1111-111111111111";
 pub(super) const BOOT_B: &str = "22222222-2222-2222-2222-222222222222";
 pub(super) const TARGET: &str = "6.12.95+deb12-amd64";
 
 /// A transaction directory with a valid manifest for one unit.
-pub(super) fn transaction(root: &Path, id: &str, units: &[&str]) -> PathBuf {
+pub(crate) fn transaction(root: &Path, id: &str, units: &[&str]) -> PathBuf {
     let dir = root.join(id);
     let snapshots = units
         .iter()
