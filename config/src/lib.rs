@@ -99,6 +99,12 @@ pub struct Config {
     /// that survives kexec (not tmpfs); that is checked at run time, not here.
     /// Default: `/var/lib/seamless-reboot/images`.
     pub image_dir: PathBuf,
+    /// Filesystem types (as `/proc/self/mountinfo` names them; `fuse` also
+    /// matches `fuse.sshfs` and the like) the image store must not be on:
+    /// the images are the services' memory, keys and passwords included.
+    /// Default: the network filesystems `nfs`, `nfs4`, `cifs`, `smb3`, `9p`,
+    /// `ceph`, `glusterfs` and `fuse`.
+    pub image_dir_forbidden_filesystems: Vec<String>,
     /// Time limits.
     pub timeouts: Timeouts,
     /// Handling of preserved connections in the next boot.
@@ -225,6 +231,18 @@ impl Default for Config {
         Self {
             units: Vec::new(),
             image_dir: PathBuf::from("/var/lib/seamless-reboot/images"),
+            image_dir_forbidden_filesystems: [
+                "nfs",
+                "nfs4",
+                "cifs",
+                "smb3",
+                "9p",
+                "ceph",
+                "glusterfs",
+                "fuse",
+            ]
+            .map(String::from)
+            .to_vec(),
             timeouts: Timeouts {
                 checkpoint_s: 60,
                 restore_s: 60,
@@ -333,6 +351,7 @@ impl Config {
         let Config {
             units,
             image_dir,
+            image_dir_forbidden_filesystems,
             timeouts,
             network,
             kernel,
@@ -345,6 +364,7 @@ impl Config {
         format!(
             "units = {units}\n\
              image_dir = {image_dir}\n\
+             image_dir_forbidden_filesystems = {forbidden}\n\
              \n\
              [timeouts]\n\
              checkpoint_s = {checkpoint_s}\n\
@@ -362,6 +382,7 @@ impl Config {
              {policies}",
             units = strings(units),
             image_dir = string(&image_dir.to_string_lossy()),
+            forbidden = strings(image_dir_forbidden_filesystems),
             checkpoint_s = timeouts.checkpoint_s,
             restore_s = timeouts.restore_s,
             kexec_s = timeouts.kexec_s,
@@ -461,6 +482,7 @@ mod tests {
         let c = Config {
             units: vec!["a.service".into(), "b@x\\x2dy.service".into()],
             image_dir: "/srv/with \"quotes\"".into(),
+            image_dir_forbidden_filesystems: vec!["nfs".into(), "fuse".into()],
             timeouts: Timeouts {
                 checkpoint_s: 60,
                 restore_s: 3600,

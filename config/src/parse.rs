@@ -25,6 +25,7 @@ use crate::{Config, HoldMode, MAX_TIMEOUT_S, MIN_TIMEOUT_S, UnitPolicy};
 pub(crate) struct Partial {
     pub(crate) units: Option<Vec<String>>,
     pub(crate) image_dir: Option<PathBuf>,
+    pub(crate) image_dir_forbidden_filesystems: Option<Vec<String>>,
     pub(crate) checkpoint_s: Option<u32>,
     pub(crate) restore_s: Option<u32>,
     pub(crate) kexec_s: Option<u32>,
@@ -43,6 +44,9 @@ impl Partial {
         }
         if let Some(v) = self.image_dir {
             config.image_dir = v;
+        }
+        if let Some(v) = self.image_dir_forbidden_filesystems {
+            config.image_dir_forbidden_filesystems = v;
         }
         if let Some(v) = self.checkpoint_s {
             config.timeouts.checkpoint_s = v;
@@ -162,6 +166,11 @@ impl Walker<'_> {
             match key.get_ref().as_ref() {
                 "units" => p.units = self.units("units", value),
                 "image_dir" => p.image_dir = self.absolute_path("image_dir", value),
+                "image_dir_forbidden_filesystems" => {
+                    p.image_dir_forbidden_filesystems = self
+                        .strings("image_dir_forbidden_filesystems", value)
+                        .map(|items| items.into_iter().map(|(s, _)| s.to_owned()).collect());
+                }
                 "timeouts" => {
                     if let Some(table) = self.table("timeouts", value) {
                         for (key, value) in table.iter() {
@@ -463,6 +472,7 @@ mod tests {
             r#"
 units = ["a.service", "b@1.service"]
 image_dir = "/srv/images"
+image_dir_forbidden_filesystems = ["nfs4"]
 [timeouts]
 checkpoint_s = 30
 restore_s = 0x10
@@ -483,6 +493,7 @@ append = ["quiet", "console=ttyS0"]
             Partial {
                 units: Some(vec!["a.service".into(), "b@1.service".into()]),
                 image_dir: Some("/srv/images".into()),
+                image_dir_forbidden_filesystems: Some(vec!["nfs4".into()]),
                 checkpoint_s: Some(30),
                 restore_s: Some(16),
                 kexec_s: Some(3600),

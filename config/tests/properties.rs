@@ -73,6 +73,9 @@ fn valid_config() -> impl Strategy<Value = Config> {
                 Config {
                     units,
                     image_dir: PathBuf::from(format!("/{dir}")),
+                    // Any string survives the round trip; the generated
+                    // directory name doubles as a filesystem name.
+                    image_dir_forbidden_filesystems: vec![dir.clone()],
                     timeouts: Timeouts {
                         checkpoint_s,
                         restore_s,

@@ -69,6 +69,9 @@ pub trait Platform {
     /// The owner and permission bits of `path`; `None` when it does not
     /// exist.
     fn owner_and_mode(&self, path: &Path) -> Result<Option<(u32, u32)>>;
+    /// The type of the filesystem `path` (or, while it does not exist, its
+    /// nearest existing parent) is on, as `/proc/self/mountinfo` names it.
+    fn filesystem_type(&self, path: &Path) -> Result<String>;
     /// Writes `/run/systemd/system/<unit>.d/<name>` (a runtime drop-in).
     fn write_runtime_dropin(&self, unit: &str, name: &str, contents: &str) -> Result<()>;
     /// Removes a runtime drop-in written by [`Platform::write_runtime_dropin`].
@@ -109,6 +112,35 @@ pub trait Platform {
     /// Starts `binary watch-kexec TRANSACTION_DIR` in a transient unit the
     /// shutdown does not stop (see `transaction::watch_kexec`).
     fn start_kexec_watch(&self, transaction_dir: &Path, binary: &Path) -> Result<()>;
+}
+
+/// The filesystem type of the mount that holds `path` (absolute, resolved)
+/// in a `/proc/self/mountinfo` text: the longest mount point that is
+/// `path` or a parent of it, the last one mounted when several are.
+pub fn filesystem_of(mountinfo: &str, path: &Path) -> Option<String> {
+    let mut best: Option<(usize, String)> = None;
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(mount_point) = fields.get(4) else {
+            continue;
+        };
+        // The fields after the optional ones: "- fstype source options".
+        let Some(dash) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let Some(fstype) = fields.get(dash + 1) else {
+            continue;
+        };
+        let mount_point = mount_point.replace("\\040", " ").replace("\\011", "\t");
+        if path.starts_with(&mount_point)
+            && best
+                .as_ref()
+                .is_none_or(|(len, _)| mount_point.len() >= *len)
+        {
+            best = Some((mount_point.len(), (*fstype).to_string()));
+        }
+    }
+    best.map(|(_, fstype)| fstype)
 }
 
 /// The real system.
@@ -315,6 +347,19 @@ impl Platform for LinuxPlatform {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
         }
+    }
+
+    fn filesystem_type(&self, path: &Path) -> Result<String> {
+        let existing = path
+            .ancestors()
+            .find(|d| d.exists())
+            .with_context(|| format!("no part of {} exists", path.display()))?;
+        let real = fs::canonicalize(existing)
+            .with_context(|| format!("cannot resolve {}", existing.display()))?;
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+            .context("cannot read /proc/self/mountinfo")?;
+        filesystem_of(&mountinfo, &real)
+            .with_context(|| format!("no mount in /proc/self/mountinfo holds {}", real.display()))
     }
 
     fn write_runtime_dropin(&self, unit: &str, name: &str, contents: &str) -> Result<()> {
@@ -623,5 +668,24 @@ mod tests {
             ]
         );
         assert!(parse_exec_start("").is_empty());
+    }
+
+    #[test]
+    fn the_filesystem_of_a_path_is_its_longest_mount() {
+        let mountinfo = "\
+21 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+30 21 254:16 / /var rw,relatime shared:9 - ext4 /dev/vdb rw
+31 30 0:40 / /var/lib/seamless\\040store rw shared:10 master:2 - nfs4 srv:/x rw
+32 21 0:41 / /variable rw - tmpfs tmpfs rw
+";
+        let of = |p: &str| filesystem_of(mountinfo, Path::new(p));
+        assert_eq!(
+            of("/var/lib/seamless store/images").as_deref(),
+            Some("nfs4")
+        );
+        assert_eq!(of("/var/lib/seamless-reboot").as_deref(), Some("ext4"));
+        assert_eq!(of("/variable/x").as_deref(), Some("tmpfs"));
+        assert_eq!(of("/etc").as_deref(), Some("ext4"));
+        assert_eq!(filesystem_of("garbage\n", Path::new("/")), None);
     }
 }

@@ -135,6 +135,9 @@ pub struct UpdateRequest {
     pub units: Vec<String>,
     /// Accept a kernel older than the running one.
     pub allow_downgrade: bool,
+    /// Filesystem types the image store must not be on (`fuse` also
+    /// matches `fuse.sshfs`).
+    pub forbidden_store_filesystems: Vec<String>,
     /// What to do with a unit (by canonical name) that cannot be preserved;
     /// [`UnitPolicy::Preserve`] for units not listed.
     pub policy: BTreeMap<String, UnitPolicy>,
@@ -231,6 +234,27 @@ pub fn plan(
         Err(e) => problems.push(PlanProblem::Store {
             message: format!("{e:#}"),
         }),
+    }
+    if !request.forbidden_store_filesystems.is_empty() {
+        match platform.filesystem_type(image_root) {
+            Ok(fstype)
+                if request.forbidden_store_filesystems.iter().any(|f| {
+                    fstype == *f
+                        || fstype
+                            .strip_prefix(f.as_str())
+                            .is_some_and(|r| r.starts_with('.'))
+                }) =>
+            {
+                problems.push(PlanProblem::StoreFilesystemForbidden {
+                    store: image_root.to_path_buf(),
+                    fstype,
+                });
+            }
+            Ok(_) => {}
+            Err(e) => problems.push(PlanProblem::Store {
+                message: format!("{e:#}"),
+            }),
+        }
     }
     if let Some(problem) = free_space_problem(platform, image_root, &units) {
         problems.push(problem);

@@ -283,6 +283,9 @@ pub fn with_config_defaults(request: &UpdateRequest, config: &Config) -> UpdateR
     request.append.extend(config.kernel.append.iter().cloned());
     request.policy = config.policy.clone();
     request
+        .forbidden_store_filesystems
+        .clone_from(&config.image_dir_forbidden_filesystems);
+    request
 }
 
 impl Engine for LinuxEngine {

@@ -1673,7 +1673,8 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
     // default 25 s under emulation.
     let refused = session.guest().run(
         &format!(
-            "runuser -u labuser -- busctl --timeout=150 call {DBUS_DEST} Start ssasasas /boot/{} '' 0 1 {unit} 1 allow-downgrade",
+            "runuser -u labuser -- busctl --timeout=150 call {DBUS_DEST} Check ssasasas /boot/{0} '' 0 1 {unit} 1 allow-downgrade; \
+             runuser -u labuser -- busctl --timeout=150 call {DBUS_DEST} Start ssasasas /boot/{0} '' 0 1 {unit} 1 allow-downgrade",
             kernel_b.vmlinuz
         ),
         Duration::from_secs(200),
@@ -1887,10 +1888,11 @@ fn seamless_steps(session: &mut Session<'_>, variant: SeamlessVariant) -> Result
         format!("{} -> {}", report.boot_id_before, back.boot_id),
     );
     report.check(
-        "D-Bus Start refused for a non-root caller, by the daemon's polkit check",
+        "D-Bus Check, then Start, refused for a non-root caller, by the daemon's polkit check",
         // busctl prints the error's text ("Access denied"), gdbus its name.
         !refused.status.success()
-            && (refused_text.contains("Access denied") || refused_text.contains("AccessDenied"))
+            && (refused_text.matches("Access denied").count() == 2
+                || refused_text.matches("AccessDenied").count() == 2)
             && !refused_by_daemon.trim().is_empty(),
         format!(
             "{}; daemon: {}",

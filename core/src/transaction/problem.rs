@@ -102,6 +102,14 @@ pub enum PlanProblem {
         store = .store.display()
     )]
     StoreNotPrivate { store: PathBuf, uid: u32, mode: u32 },
+    /// The image store is on a filesystem the configuration forbids.
+    #[error(
+        "the image store {store} is on a {fstype} filesystem, which the configuration forbids \
+         (image_dir_forbidden_filesystems): the snapshots hold the services' memory; choose \
+         another image_dir",
+        store = .store.display()
+    )]
+    StoreFilesystemForbidden { store: PathBuf, fstype: String },
 }
 
 /// A unit as the operator named it, with systemd's name when that differs
@@ -134,6 +142,7 @@ impl PlanProblem {
             PlanProblem::NoSpace { .. } => "no-space",
             PlanProblem::Store { .. } => "store",
             PlanProblem::StoreNotPrivate { .. } => "store-not-private",
+            PlanProblem::StoreFilesystemForbidden { .. } => "store-filesystem-forbidden",
         }
     }
 
@@ -191,6 +200,7 @@ mod tests {
             PlanProblem::NoSpace { .. } => 12,
             PlanProblem::Store { .. } => 13,
             PlanProblem::StoreNotPrivate { .. } => 14,
+            PlanProblem::StoreFilesystemForbidden { .. } => 15,
         }
     }
 
@@ -258,6 +268,10 @@ mod tests {
                 store: "/var/lib/x".into(),
                 uid: 1000,
                 mode: 0o755,
+            },
+            PlanProblem::StoreFilesystemForbidden {
+                store: "/var/lib/x".into(),
+                fstype: "nfs4".into(),
             },
         ]
     }

@@ -52,6 +52,8 @@ struct FakePlatform {
     free: Option<u64>,
     /// The image store's owner and mode; `None`: not made yet.
     store_mode: Option<(u32, u32)>,
+    /// The image store's filesystem type; `None`: ext4.
+    store_fstype: Option<String>,
     /// The snapshot directory each unit's restore drop-in names.
     restore_from: RefCell<Vec<(String, PathBuf)>>,
     /// Units whose restore drop-in is in place now.
@@ -146,6 +148,9 @@ impl Platform for FakePlatform {
     }
     fn owner_and_mode(&self, _: &Path) -> Result<Option<(u32, u32)>> {
         Ok(self.store_mode)
+    }
+    fn filesystem_type(&self, _: &Path) -> Result<String> {
+        Ok(self.store_fstype.clone().unwrap_or_else(|| "ext4".into()))
     }
     fn write_runtime_dropin(&self, unit: &str, name: &str, text: &str) -> Result<()> {
         if let Some(rest) = text.split("restore-unit ").nth(1)
@@ -1635,4 +1640,48 @@ fn a_store_others_can_read_is_refused_a_private_or_missing_one_is_not() {
             .any(|(k, _)| *k == "store-not-private")
     );
     assert!(!kinds(None).iter().any(|(k, _)| *k == "store-not-private"));
+}
+
+#[test]
+fn a_store_on_a_forbidden_filesystem_is_refused() {
+    let problems = |fstype: &str, forbidden: &[&str]| {
+        let platform = FakePlatform {
+            store_fstype: Some(fstype.into()),
+            ..Default::default()
+        };
+        let request = UpdateRequest {
+            kernel: PathBuf::from("/nonexistent/vmlinuz-6.12.0"),
+            forbidden_store_filesystems: forbidden.iter().map(|f| (*f).to_string()).collect(),
+            ..Default::default()
+        };
+        plan(
+            &platform,
+            &request,
+            Path::new("/srv/images"),
+            Path::new("/usr/bin/seamless-reboot"),
+        )
+        .expect_err("no kernel, no units")
+        .iter()
+        .filter(|p| p.kind() == "store-filesystem-forbidden")
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+    };
+    let refused = problems("nfs4", &["nfs", "nfs4"]);
+    assert_eq!(refused.len(), 1);
+    assert!(
+        refused[0].contains("/srv/images is on a nfs4 filesystem"),
+        "{}",
+        refused[0]
+    );
+    assert_eq!(
+        problems("fuse.sshfs", &["fuse"]).len(),
+        1,
+        "fuse.* matches fuse"
+    );
+    assert!(
+        problems("fuseblk", &["fuse"]).is_empty(),
+        "a prefix is not a match"
+    );
+    assert!(problems("ext4", &["nfs", "fuse"]).is_empty());
+    assert!(problems("nfs4", &[]).is_empty(), "nothing forbidden");
 }
