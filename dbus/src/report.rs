@@ -78,17 +78,9 @@ impl Report {
 /// start with `t` and the creation time in milliseconds
 /// (`seamless_reboot_core::transaction::new_transaction_id`).
 pub fn latest_transaction_dir(image_dir: &Path) -> Option<PathBuf> {
-    let entries = std::fs::read_dir(image_dir).ok()?;
-    entries
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let millis: u128 = name.strip_prefix('t')?.split('-').next()?.parse().ok()?;
-            Some((millis, e.path()))
-        })
-        .max()
-        .map(|(_, path)| path)
+    seamless_reboot_core::prune::transactions(image_dir)
+        .ok()?
+        .pop()
 }
 
 /// The restore report of the newest transaction under `image_dir`, or

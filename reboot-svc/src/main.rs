@@ -403,28 +403,21 @@ fn recover() -> Result<ExitCode> {
 
 /// The most recent transaction directory (ids start with the time in ms).
 fn latest_transaction(image_dir: &Path) -> Result<Option<PathBuf>> {
-    let entries = match std::fs::read_dir(image_dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
-            "cannot read {}: {e}; the snapshots (the services' memory) are root's: run it as \
-             root, or read the outcomes without details from the daemon \
-             (busctl get-property org.seamlessreboot.Reboot1 /org/seamlessreboot/Reboot1 \
-             org.seamlessreboot.Reboot1 LastReport)",
-            image_dir.display()
-        ),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", image_dir.display())),
-    };
-    let mut dirs: Vec<(u128, PathBuf)> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let millis = name.strip_prefix('t')?.split('-').next()?.parse().ok()?;
-            Some((millis, e.path()))
-        })
-        .collect();
-    dirs.sort();
-    Ok(dirs.pop().map(|(_, path)| path))
+    match seamless_reboot_core::prune::transactions(image_dir) {
+        Ok(mut all) => Ok(all.pop()),
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied) =>
+        {
+            bail!(
+                "{e:#}; the snapshots (the services' memory) are root's: run it as root, or read \
+                 the outcomes without details from the daemon (busctl get-property \
+                 org.seamlessreboot.Reboot1 /org/seamlessreboot/Reboot1 \
+                 org.seamlessreboot.Reboot1 LastReport)"
+            )
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// systemd generator: `seamless-reboot-generator NORMAL_DIR [EARLY_DIR LATE_DIR]`.
